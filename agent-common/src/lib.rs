@@ -1,0 +1,232 @@
+//! Types shared by the eBPF programs and the userspace agent.
+//!
+//! Every type that crosses the ring buffer or a map is `#[repr(C)]`, `Copy`, and has no
+//! implicit padding: fields are ordered by size and padded explicitly, so the layout is the
+//! same on both sides. Kind numbers are never reused.
+#![no_std]
+
+/// Number of log2 latency buckets. Bucket `b` (b >= 1) counts durations in
+/// `[2^(b-1), 2^b)` ns; bucket 0 counts zero-length durations.
+pub const HIST_BUCKETS: usize = 64;
+/// Syscall numbers at or above this are not histogrammed (x86_64 has < 512).
+pub const MAX_SYSCALLS: usize = 512;
+/// Length of a task's `comm` in the kernel.
+pub const COMM_LEN: usize = 16;
+
+/// Event kinds. Numbers are part of the wire format: never reuse one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Syscall = 1,
+    TcpConnect = 2,
+    TcpAccept = 3,
+    TcpClose = 4,
+}
+
+/// Common header of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] number.
+    pub kind: u32,
+    /// Kind-specific flags (`TCP_FLAG_*`).
+    pub flags: u32,
+    /// Thread group id (the process id userspace sees).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Start of the measured interval, kernel `CLOCK_MONOTONIC` ns (`bpf_ktime_get_ns`).
+    pub start_ns: u64,
+    /// Length of the measured interval in ns.
+    pub duration_ns: u64,
+    /// cgroup v2 id of the task.
+    pub cgroup_id: u64,
+    /// Task command name, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Payload of a syscall event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallData {
+    /// Syscall number (x86_64 numbering).
+    pub nr: u32,
+    pub _pad: u32,
+    /// Raw return value (negative errno on failure).
+    pub ret: i64,
+    /// First argument (the fd for fd-based syscalls).
+    pub arg0: u64,
+}
+
+/// Payload of TCP events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpData {
+    /// Kernel address of the socket: a connection identity while it lives.
+    pub skaddr: u64,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    pub _pad: u16,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    /// Remote address: IPv4 in the first 4 bytes, or IPv6.
+    pub daddr: [u8; 16],
+    /// Retransmitted segments (SYNs for connect events).
+    pub retransmits: u32,
+    /// Positive errno of a failed connect (`ECONNREFUSED`, `ETIMEDOUT`), or 0.
+    pub error: u32,
+}
+
+/// A ring-buffer record: header then payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event<T> {
+    pub header: EventHeader,
+    pub data: T,
+}
+
+pub type SyscallEvent = Event<SyscallData>;
+pub type TcpEvent = Event<TcpData>;
+
+/// `TcpData` flag: the connect failed (see `error`).
+pub const TCP_FLAG_FAILED: u32 = 1;
+/// `TcpData` flag: the owning process was not known when the event was made (for example a
+/// listener created before kspan started).
+pub const TCP_FLAG_PID_UNKNOWN: u32 = 2;
+/// `TcpData` flag: the connection was accepted (passive open), for close events.
+pub const TCP_FLAG_PASSIVE: u32 = 4;
+
+/// Indices into the per-CPU `COUNTERS` map. Every event the kernel side could not deliver or
+/// track is counted under one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Ring buffer reserve failed: the event was lost.
+    RingbufFull = 0,
+    /// The syscall start table was full: that syscall was not measured.
+    StartTableFull = 1,
+    /// A TCP tracking table was full: that connection was not followed.
+    TcpTableFull = 2,
+    /// Events submitted to the ring buffer.
+    Submitted = 3,
+    /// Syscalls measured (histogrammed), whether or not an event was made.
+    SyscallsMeasured = 4,
+}
+pub const COUNTERS_LEN: u32 = 8;
+
+/// Filter flags in the `FILTER_FLAGS` global.
+pub const FILTER_PID: u32 = 1;
+pub const FILTER_COMM: u32 = 2;
+pub const FILTER_CGROUP: u32 = 4;
+pub const FILTER_SYSCALL: u32 = 8;
+
+/// Key of the per-process histogram map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcHistKey {
+    pub pid: u32,
+    pub nr: u16,
+    pub bucket: u16,
+}
+
+/// Start of an in-flight syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallStart {
+    pub ts: u64,
+    pub arg0: u64,
+    /// Syscall number + 1; 0 marks a free slot.
+    pub nr1: u32,
+    pub _pad: u32,
+}
+
+/// Histogram index of the TCP connect latency histogram in `TCP_HIST`.
+pub const TCP_HIST_CONNECT: u32 = 0;
+/// Histogram index of the TCP accept (handshake) latency histogram in `TCP_HIST`.
+pub const TCP_HIST_ACCEPT: u32 = 1;
+
+/// log2 bucket of a duration: 0 for 0, else `floor(log2(ns)) + 1`, at most 63.
+#[inline(always)]
+pub fn log2_bucket(mut v: u64) -> u32 {
+    if v == 0 {
+        return 0;
+    }
+    let mut r: u32 = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    let b = r + 1;
+    if b > 63 {
+        63
+    } else {
+        b
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no implicit padding.
+    unsafe impl aya::Pod for SyscallStart {}
+    unsafe impl aya::Pod for ProcHistKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<EventHeader>(), 4 * 4 + 3 * 8 + COMM_LEN);
+        assert_eq!(size_of::<SyscallData>(), 24);
+        assert_eq!(size_of::<TcpData>(), 8 + 4 * 2 + 32 + 8);
+        assert_eq!(size_of::<SyscallEvent>(), 56 + 24);
+        assert_eq!(size_of::<TcpEvent>(), 56 + 56);
+    }
+
+    #[test]
+    fn log2_bucket_matches_bit_length() {
+        assert_eq!(log2_bucket(0), 0);
+        assert_eq!(log2_bucket(1), 1);
+        assert_eq!(log2_bucket(2), 2);
+        assert_eq!(log2_bucket(3), 2);
+        assert_eq!(log2_bucket(4), 3);
+        for v in [
+            5u64,
+            1000,
+            20_000_000,
+            u32::MAX as u64,
+            1 << 40,
+            (1 << 61) + 7,
+        ] {
+            assert_eq!(log2_bucket(v), 64 - v.leading_zeros());
+        }
+        assert_eq!(log2_bucket(u64::MAX), 63);
+    }
+}

@@ -1,0 +1,641 @@
+use agent_common::{
+    log2_bucket, Counter, EventHeader, EventKind, ProcHistKey, SyscallData, SyscallEvent,
+    SyscallStart, TcpData, TcpEvent, COMM_LEN, COUNTERS_LEN, FILTER_CGROUP, FILTER_COMM,
+    FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS, TCP_FLAG_FAILED, TCP_FLAG_PASSIVE,
+    TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
+};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
+};
+
+// ---- Settings, written by userspace at load time (EbpfLoader::set_global). ----
+// Read with read_volatile: otherwise the compiler folds in the defaults.
+
+/// tgid of the agent itself: never traced.
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+/// `FILTER_*` bits of the filters in force.
+#[unsafe(no_mangle)]
+static FILTER_FLAGS: u32 = 0;
+/// cgroup id selected when `FILTER_CGROUP` is set.
+#[unsafe(no_mangle)]
+static FILTER_CGROUP_ID: u64 = 0;
+/// Syscalls shorter than this (ns) only count in histograms, unless they failed.
+#[unsafe(no_mangle)]
+static MIN_DURATION_NS: u64 = 0;
+/// 1: syscall events go to the ring buffer; 0: histograms only.
+#[unsafe(no_mangle)]
+static EMIT_SYSCALLS: u32 = 1;
+/// 1: also emit failed syscalls shorter than MIN_DURATION_NS.
+#[unsafe(no_mangle)]
+static EMIT_FAILED: u32 = 1;
+/// 1: keep per-process histograms too.
+#[unsafe(no_mangle)]
+static PROC_HIST: u32 = 0;
+/// 1: per-thread starts live in `STARTS_ARRAY` (indexed by tid); 0: in `STARTS_HASH`.
+#[unsafe(no_mangle)]
+static STARTS_IN_ARRAY: u32 = 1;
+/// 1: TCP programs emit events; 0: histograms only.
+#[unsafe(no_mangle)]
+static EMIT_TCP: u32 = 1;
+
+#[inline(always)]
+fn setting_u32(v: &'static u32) -> u32 {
+    unsafe { core::ptr::read_volatile(v) }
+}
+#[inline(always)]
+fn setting_u64(v: &'static u64) -> u64 {
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+// ---- Maps ----
+
+/// All events. Size set by userspace.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters, indexed by `Counter`.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// In-flight syscall starts, indexed by tid. max_entries set to pid_max by userspace.
+#[map]
+static STARTS_ARRAY: Array<SyscallStart> = Array::with_max_entries(1, 0);
+
+/// In-flight syscall starts keyed by tid, used when pid_max is too large for an array.
+#[map]
+static STARTS_HASH: HashMap<u32, SyscallStart> = HashMap::with_max_entries(1, 0);
+
+/// Per-syscall log2 histograms: index `nr * HIST_BUCKETS + bucket`.
+#[map]
+static SYSCALL_HIST: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries((MAX_SYSCALLS * HIST_BUCKETS) as u32, 0);
+
+/// Per-process, per-syscall log2 histograms.
+#[map]
+static PROC_HIST_MAP: PerCpuHashMap<ProcHistKey, u64> = PerCpuHashMap::with_max_entries(1, 0);
+
+/// TCP connect and accept latency histograms: index `which * HIST_BUCKETS + bucket`.
+#[map]
+static TCP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * HIST_BUCKETS as u32, 0);
+
+/// Selected tgids (FILTER_PID).
+#[map]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Selected comms (FILTER_COMM).
+#[map]
+static FILTER_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(256, 0);
+
+/// Selected syscalls (FILTER_SYSCALL): 1 at the index of each selected syscall number.
+#[map]
+static FILTER_SYSCALLS: Array<u32> = Array::with_max_entries(MAX_SYSCALLS as u32, 0);
+
+/// Who owns a socket, captured in process context.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Owner {
+    pid_tgid: u64,
+    cgroup_id: u64,
+    comm: [u8; COMM_LEN],
+}
+
+/// A connection being followed: connecting (SYN_SENT) or established.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Conn {
+    owner: Owner,
+    /// SYN_SENT time (connecting) or ESTABLISHED time (established), monotonic ns.
+    ts: u64,
+    retransmits: u32,
+    /// TCP_FLAG_* bits; bit 31 = a RST was received while connecting.
+    flags: u32,
+}
+const CONN_RST: u32 = 1 << 31;
+
+/// Connections keyed by socket address.
+#[map]
+static CONNS: LruHashMap<u64, Conn> = LruHashMap::with_max_entries(65536, 0);
+
+/// Listening sockets' owners keyed by local port.
+#[map]
+static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn count(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn comm() -> [u8; COMM_LEN] {
+    bpf_get_current_comm().unwrap_or([0u8; COMM_LEN])
+}
+
+/// Process filters (pid, comm, cgroup) and self exclusion. `true`: trace this task.
+#[inline(always)]
+fn task_selected(pid_tgid: u64, flags: u32) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == setting_u32(&SELF_TGID) {
+        return false;
+    }
+    if flags & FILTER_PID != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
+        return false;
+    }
+    if flags & FILTER_CGROUP != 0
+        && unsafe { bpf_get_current_cgroup_id() } != setting_u64(&FILTER_CGROUP_ID)
+    {
+        return false;
+    }
+    if flags & FILTER_COMM != 0 && unsafe { FILTER_COMMS.get(&comm()) }.is_none() {
+        return false;
+    }
+    true
+}
+
+// ---- Syscalls ----
+
+/// Common sys_enter logic. Returns early for anything not selected.
+#[inline(always)]
+fn on_sys_enter(nr: i64, arg0: u64) {
+    if nr < 0 || nr >= MAX_SYSCALLS as i64 {
+        return;
+    }
+    // exit and exit_group never return: no sys_exit would free the slot.
+    if nr == 60 || nr == 231 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let flags = setting_u32(&FILTER_FLAGS);
+    if flags & FILTER_SYSCALL != 0 {
+        match FILTER_SYSCALLS.get(nr as u32) {
+            Some(v) if *v != 0 => {}
+            _ => return,
+        }
+    }
+    if !task_selected(pid_tgid, flags) {
+        return;
+    }
+    let tid = pid_tgid as u32;
+    let start = SyscallStart {
+        ts: unsafe { bpf_ktime_get_ns() },
+        arg0,
+        nr1: nr as u32 + 1,
+        _pad: 0,
+    };
+    if setting_u32(&STARTS_IN_ARRAY) != 0 {
+        match STARTS_ARRAY.get_ptr_mut(tid) {
+            Some(p) => unsafe { *p = start },
+            None => count(Counter::StartTableFull),
+        }
+    } else if STARTS_HASH.insert(&tid, &start, 0).is_err() {
+        count(Counter::StartTableFull);
+    }
+}
+
+/// Common sys_exit logic. `regs` (raw tracepoint only) lets arg0 be read lazily.
+#[inline(always)]
+fn on_sys_exit(ret: i64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let start = if setting_u32(&STARTS_IN_ARRAY) != 0 {
+        let Some(p) = STARTS_ARRAY.get_ptr_mut(tid) else {
+            return;
+        };
+        let s = unsafe { *p };
+        if s.nr1 == 0 {
+            return;
+        }
+        unsafe { (*p).nr1 = 0 };
+        s
+    } else {
+        let Some(s) = (unsafe { STARTS_HASH.get(&tid) }).copied() else {
+            return;
+        };
+        let _ = STARTS_HASH.remove(&tid);
+        s
+    };
+    let nr = start.nr1 - 1;
+    if nr as usize >= MAX_SYSCALLS {
+        return;
+    }
+    let duration = now.saturating_sub(start.ts);
+    let bucket = log2_bucket(duration);
+    let idx = (nr & (MAX_SYSCALLS as u32 - 1)) * HIST_BUCKETS as u32 + (bucket & 63);
+    if let Some(p) = SYSCALL_HIST.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+    count(Counter::SyscallsMeasured);
+    if setting_u32(&PROC_HIST) != 0 {
+        let key = ProcHistKey {
+            pid: (pid_tgid >> 32) as u32,
+            nr: nr as u16,
+            bucket: bucket as u16,
+        };
+        match PROC_HIST_MAP.get_ptr_mut(&key) {
+            Some(p) => unsafe { *p += 1 },
+            None => {
+                let _ = PROC_HIST_MAP.insert(&key, &1, BPF_NOEXIST as u64);
+            }
+        }
+    }
+    if setting_u32(&EMIT_SYSCALLS) == 0 {
+        return;
+    }
+    let failed = ret < 0 && setting_u32(&EMIT_FAILED) != 0;
+    if duration < setting_u64(&MIN_DURATION_NS) && !failed {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    entry.write(SyscallEvent {
+        header: EventHeader {
+            kind: EventKind::Syscall as u32,
+            flags: 0,
+            pid: (pid_tgid >> 32) as u32,
+            tid,
+            start_ns: start.ts,
+            duration_ns: duration,
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            comm: comm(),
+        },
+        data: SyscallData {
+            nr,
+            _pad: 0,
+            ret,
+            arg0: start.arg0,
+        },
+    });
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(Counter::Submitted);
+}
+
+/// `raw_syscalls:sys_enter` raw tracepoint: args `(struct pt_regs *regs, long id)`.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
+    let id: i64 = ctx.arg(1);
+    // x86_64 pt_regs: di (the first syscall argument) is the 15th u64.
+    let arg0 = unsafe { bpf_probe_read_kernel(regs.wrapping_add(14)) }.unwrap_or(0);
+    on_sys_enter(id, arg0);
+    0
+}
+
+/// `raw_syscalls:sys_exit` raw tracepoint: args `(struct pt_regs *regs, long ret)`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    on_sys_exit(ret);
+    0
+}
+
+/// `raw_syscalls:sys_enter` classic tracepoint: `long id` at 8, `unsigned long args[6]` at 16.
+#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
+pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
+    let id: i64 = unsafe { ctx.read_at(8) }.unwrap_or(-1);
+    let arg0: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    on_sys_enter(id, arg0);
+    0
+}
+
+/// `raw_syscalls:sys_exit` classic tracepoint: `long id` at 8, `long ret` at 16.
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn sys_exit_tp(ctx: TracePointContext) -> u32 {
+    let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    on_sys_exit(ret);
+    0
+}
+
+/// Empty raw tracepoint: the floor cost of attaching anything (benchmarks only).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_raw_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Empty raw tracepoint: the floor cost of attaching anything (benchmarks only).
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_raw_empty(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+/// Empty classic tracepoint: the floor cost (benchmarks only).
+#[tracepoint(category = "raw_syscalls", name = "sys_enter")]
+pub fn sys_enter_tp_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// Empty classic tracepoint: the floor cost (benchmarks only).
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn sys_exit_tp_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// ---- TCP ----
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const IPPROTO_TCP: u16 = 6;
+const ECONNREFUSED: u32 = 111;
+const ETIMEDOUT: u32 = 110;
+
+/// Owner of the current task if it passes the filters.
+#[inline(always)]
+fn current_owner() -> Option<Owner> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !task_selected(pid_tgid, setting_u32(&FILTER_FLAGS)) {
+        return None;
+    }
+    Some(Owner {
+        pid_tgid,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: comm(),
+    })
+}
+
+#[inline(always)]
+fn tcp_hist(which: u32, duration: u64) {
+    let idx = (which & 1) * HIST_BUCKETS as u32 + (log2_bucket(duration) & 63);
+    if let Some(p) = TCP_HIST.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Emits a TCP event, reading ports and addresses from the `inet_sock_set_state` record.
+#[inline(always)]
+fn emit_tcp(
+    ctx: &TracePointContext,
+    kind: EventKind,
+    owner: &Owner,
+    flags: u32,
+    start: u64,
+    duration: u64,
+    skaddr: u64,
+    retransmits: u32,
+    error: u32,
+) {
+    if setting_u32(&EMIT_TCP) == 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    let family: u16 = unsafe { ctx.read_at(28) }.unwrap_or(0);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == 2 {
+        let s: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
+        let d: [u8; 4] = unsafe { ctx.read_at(36) }.unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else {
+        saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+        daddr = unsafe { ctx.read_at(56) }.unwrap_or([0; 16]);
+    }
+    entry.write(TcpEvent {
+        header: EventHeader {
+            kind: kind as u32,
+            flags,
+            pid: (owner.pid_tgid >> 32) as u32,
+            tid: owner.pid_tgid as u32,
+            start_ns: start,
+            duration_ns: duration,
+            cgroup_id: owner.cgroup_id,
+            comm: owner.comm,
+        },
+        data: TcpData {
+            skaddr,
+            family,
+            sport: unsafe { ctx.read_at(24) }.unwrap_or(0),
+            dport: unsafe { ctx.read_at(26) }.unwrap_or(0),
+            _pad: 0,
+            saddr,
+            daddr,
+            retransmits,
+            error,
+        },
+    });
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(Counter::Submitted);
+}
+
+/// `sock:inet_sock_set_state`: skaddr at 8, oldstate at 16, newstate at 20, sport at 24,
+/// dport at 26, family at 28, protocol at 30, saddr at 32, daddr at 36, saddr_v6 at 40,
+/// daddr_v6 at 56. Ports are host byte order.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn sock_set_state_tcp(ctx: TracePointContext) -> u32 {
+    let _ = try_sock_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let protocol: u16 = unsafe { ctx.read_at(30) }?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let skaddr: u64 = unsafe { ctx.read_at(8) }?;
+    let old: i32 = unsafe { ctx.read_at(16) }?;
+    let new: i32 = unsafe { ctx.read_at(20) }?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    match (old, new) {
+        // connect(): process context, so the owner is the current task.
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            if let Some(owner) = current_owner() {
+                let conn = Conn {
+                    owner,
+                    ts: now,
+                    retransmits: 0,
+                    flags: 0,
+                };
+                if CONNS.insert(&skaddr, &conn, 0).is_err() {
+                    count(Counter::TcpTableFull);
+                }
+            }
+        }
+        // listen(): process context. Remember the owner by local port for passive opens.
+        (_, TCP_LISTEN) => {
+            let sport: u16 = unsafe { ctx.read_at(24) }?;
+            if let Some(owner) = current_owner() {
+                if LISTENERS.insert(&sport, &owner, 0).is_err() {
+                    count(Counter::TcpTableFull);
+                }
+            }
+        }
+        (TCP_LISTEN, TCP_CLOSE) => {
+            let sport: u16 = unsafe { ctx.read_at(24) }?;
+            let _ = LISTENERS.remove(&sport);
+        }
+        // Handshake done (softirq: the current task is not the owner).
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            let Some(c) = CONNS.get_ptr_mut(&skaddr) else {
+                return Ok(());
+            };
+            let conn = unsafe { *c };
+            let duration = now.saturating_sub(conn.ts);
+            tcp_hist(TCP_HIST_CONNECT, duration);
+            emit_tcp(
+                ctx,
+                EventKind::TcpConnect,
+                &conn.owner,
+                0,
+                conn.ts,
+                duration,
+                skaddr,
+                conn.retransmits,
+                0,
+            );
+            unsafe {
+                (*c).ts = now;
+                (*c).retransmits = 0;
+                (*c).flags = 0;
+            }
+        }
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            let Some(conn) = (unsafe { CONNS.get(&skaddr) }).copied() else {
+                return Ok(());
+            };
+            let _ = CONNS.remove(&skaddr);
+            let duration = now.saturating_sub(conn.ts);
+            // RST in answer to the SYN: refused. Otherwise the SYN went unanswered (timed out)
+            // or the application gave up; the connect syscall's own return tells which.
+            let error = if conn.flags & CONN_RST != 0 {
+                ECONNREFUSED
+            } else {
+                ETIMEDOUT
+            };
+            emit_tcp(
+                ctx,
+                EventKind::TcpConnect,
+                &conn.owner,
+                TCP_FLAG_FAILED,
+                conn.ts,
+                duration,
+                skaddr,
+                conn.retransmits,
+                error,
+            );
+        }
+        // Passive open completed: the child socket of a listener.
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            let sport: u16 = unsafe { ctx.read_at(24) }?;
+            let (owner, flags) = match unsafe { LISTENERS.get(&sport) } {
+                Some(o) => (*o, TCP_FLAG_PASSIVE),
+                None => {
+                    // Filters in force and the listener unknown: not ours to report.
+                    if setting_u32(&FILTER_FLAGS) & (FILTER_PID | FILTER_COMM | FILTER_CGROUP) != 0
+                    {
+                        return Ok(());
+                    }
+                    (
+                        Owner {
+                            pid_tgid: 0,
+                            cgroup_id: 0,
+                            comm: [0; COMM_LEN],
+                        },
+                        TCP_FLAG_PASSIVE | TCP_FLAG_PID_UNKNOWN,
+                    )
+                }
+            };
+            // The SYN's arrival is not visible to tracepoints; the handshake time the kernel
+            // measured (SYN-ACK sent to ACK received) is the child's first RTT sample when
+            // available, which userspace cannot see either: report the time since the child
+            // socket appeared (LISTEN -> SYN_RECV), stored below.
+            let (start, duration) = match unsafe { CONNS.get(&skaddr) } {
+                Some(c) => (c.ts, now.saturating_sub(c.ts)),
+                None => (now, 0),
+            };
+            tcp_hist(TCP_HIST_ACCEPT, duration);
+            emit_tcp(
+                ctx,
+                EventKind::TcpAccept,
+                &owner,
+                flags,
+                start,
+                duration,
+                skaddr,
+                0,
+                0,
+            );
+            let conn = Conn {
+                owner,
+                ts: now,
+                retransmits: 0,
+                flags,
+            };
+            if CONNS.insert(&skaddr, &conn, 0).is_err() {
+                count(Counter::TcpTableFull);
+            }
+        }
+        (TCP_LISTEN, TCP_SYN_RECV) => {
+            let conn = Conn {
+                owner: Owner {
+                    pid_tgid: 0,
+                    cgroup_id: 0,
+                    comm: [0; COMM_LEN],
+                },
+                ts: now,
+                retransmits: 0,
+                flags: 0,
+            };
+            if CONNS.insert(&skaddr, &conn, 0).is_err() {
+                count(Counter::TcpTableFull);
+            }
+        }
+        (_, TCP_CLOSE) => {
+            let Some(conn) = (unsafe { CONNS.get(&skaddr) }).copied() else {
+                return Ok(());
+            };
+            let _ = CONNS.remove(&skaddr);
+            emit_tcp(
+                ctx,
+                EventKind::TcpClose,
+                &conn.owner,
+                conn.flags & (TCP_FLAG_PASSIVE | TCP_FLAG_PID_UNKNOWN),
+                conn.ts,
+                now.saturating_sub(conn.ts),
+                skaddr,
+                conn.retransmits,
+                0,
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `tcp:tcp_retransmit_skb`: skaddr at 16.
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(16) } {
+        if let Some(c) = CONNS.get_ptr_mut(&skaddr) {
+            unsafe { (*c).retransmits += 1 };
+        }
+    }
+    0
+}
+
+/// `tcp:tcp_receive_reset`: skaddr at 8. Fires before the socket moves to CLOSE.
+#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if let Ok(skaddr) = unsafe { ctx.read_at::<u64>(8) } {
+        if let Some(c) = CONNS.get_ptr_mut(&skaddr) {
+            unsafe { (*c).flags |= CONN_RST };
+        }
+    }
+    0
+}

@@ -1,0 +1,519 @@
+//! Loading, configuring and attaching the kernel programs, and reading their maps.
+use std::{
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agent_common::{
+    Counter, ProcHistKey, COMM_LEN, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_SYSCALL,
+    HIST_BUCKETS, MAX_SYSCALLS,
+};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+
+/// The compiled eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+/// Default ring buffer size: 4 MiB holds ~50k syscall events between two drains.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
+/// Above this pid_max, per-thread starts go to a hash map instead of an array indexed by tid.
+pub const MAX_PID_MAX_FOR_ARRAY: u32 = 1 << 20;
+/// Hash map capacity for in-flight syscalls when the array is not used.
+pub const STARTS_HASH_ENTRIES: u32 = 1 << 17;
+/// Per-process histogram map capacity (pid, syscall, bucket) triples.
+pub const PROC_HIST_ENTRIES: u32 = 1 << 16;
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// How syscalls are hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SyscallHook {
+    /// Raw tracepoints on `sys_enter`/`sys_exit` (cheapest; kernel >= 4.17).
+    #[default]
+    RawTracepoint,
+    /// Classic tracepoints `raw_syscalls/sys_enter|sys_exit`.
+    Tracepoint,
+    /// Empty raw tracepoint programs (benchmark floor).
+    EmptyRawTracepoint,
+    /// Empty classic tracepoint programs (benchmark floor).
+    EmptyTracepoint,
+    /// No syscall programs.
+    Off,
+}
+
+/// What to capture. Built and validated by the command that starts a capture.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    /// cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: Option<u64>,
+    /// Syscall numbers; empty = all.
+    pub syscalls: Vec<u32>,
+    /// Syscalls shorter than this only count in histograms (unless they failed).
+    pub min_duration: Duration,
+    pub syscall_hook: SyscallHook,
+    /// Emit syscall events (false: histograms only).
+    pub emit_syscalls: bool,
+    /// Emit failed syscalls even when shorter than `min_duration`.
+    pub emit_failed: bool,
+    /// Keep per-process histograms.
+    pub proc_hist: bool,
+    /// Attach the TCP programs.
+    pub tcp: bool,
+    /// Emit TCP events (false: histograms only).
+    pub emit_tcp: bool,
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            pids: Vec::new(),
+            comms: Vec::new(),
+            cgroup_id: None,
+            syscalls: Vec::new(),
+            min_duration: Duration::ZERO,
+            syscall_hook: SyscallHook::default(),
+            emit_syscalls: true,
+            emit_failed: true,
+            proc_hist: false,
+            tcp: true,
+            emit_tcp: true,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "permission denied while {what}: kspan needs root, or the capabilities CAP_BPF and \
+         CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8); run it with sudo. Kernel lockdown \
+         can also forbid BPF: see `kspan check`"
+    )]
+    Permission {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "tracefs is not mounted at {TRACEFS}: mount it with \
+         `mount -t tracefs nodev {TRACEFS}` (or give the pod a hostPath mount of it)"
+    )]
+    NoTracefs,
+    #[error("the kernel refused {what}: {detail}. kspan needs Linux >= 5.8 (ring buffer maps, raw tracepoints); run `kspan check` for details")]
+    Kernel {
+        what: String,
+        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+    #[error("cgroup {path}: {source}. Give the path of a cgroup v2 directory (under /sys/fs/cgroup) or its numeric id")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Finds the first `io::Error` in an error's source chain.
+fn io_error_in<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn classify<E>(what: impl Into<String>, err: E) -> CaptureError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    let io = io_error_in(&err);
+    let errno = io.and_then(|e| e.raw_os_error());
+    if matches!(errno, Some(libc::EPERM) | Some(libc::EACCES)) {
+        return CaptureError::Permission {
+            what,
+            source: Box::new(err),
+        };
+    }
+    if errno == Some(libc::ENOENT) && !Path::new(TRACEFS).join("events").exists() {
+        return CaptureError::NoTracefs;
+    }
+    let mut detail = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    CaptureError::Kernel {
+        what,
+        detail,
+        source: Box::new(err),
+    }
+}
+
+/// Resolves a `--cgroup` value: a numeric id, or a cgroup v2 directory path.
+pub fn resolve_cgroup(value: &str) -> Result<u64, CaptureError> {
+    if let Ok(id) = value.parse::<u64>() {
+        return Ok(id);
+    }
+    let path = if value.starts_with('/') && !value.starts_with("/sys/fs/cgroup") {
+        Path::new("/sys/fs/cgroup").join(value.trim_start_matches('/'))
+    } else {
+        PathBuf::from(value)
+    };
+    std::fs::metadata(&path)
+        .map(|m| m.ino())
+        .map_err(|source| CaptureError::Cgroup { path, source })
+}
+
+/// Reads `/proc/sys/kernel/pid_max`.
+pub fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304)
+}
+
+/// Totals of the kernel-side counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub ringbuf_full: u64,
+    pub start_table_full: u64,
+    pub tcp_table_full: u64,
+    pub submitted: u64,
+    pub syscalls_measured: u64,
+}
+
+/// A running capture: programs attached until dropped (aya detaches on drop).
+pub struct Capture {
+    /// Holds the programs and their links; `None` once detached.
+    ebpf: Option<Ebpf>,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    syscall_hist: PerCpuArray<MapData, u64>,
+    tcp_hist: PerCpuArray<MapData, u64>,
+    proc_hist: PerCpuHashMap<MapData, ProcHistKey, u64>,
+    pub config: CaptureConfig,
+}
+
+impl Capture {
+    /// Loads and attaches the programs the config asks for.
+    pub fn start(config: CaptureConfig) -> Result<Capture, CaptureError> {
+        let rb = config.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 {
+            return Err(CaptureError::Invalid(format!(
+                "ring buffer size {rb} must be a power of two of at least 4096 bytes"
+            )));
+        }
+        let pid_max = pid_max();
+        let starts_in_array = pid_max <= MAX_PID_MAX_FOR_ARRAY;
+        let self_tgid = std::process::id();
+        let mut flags = 0u32;
+        if !config.pids.is_empty() {
+            flags |= FILTER_PID;
+        }
+        if !config.comms.is_empty() {
+            flags |= FILTER_COMM;
+        }
+        if config.cgroup_id.is_some() {
+            flags |= FILTER_CGROUP;
+        }
+        if !config.syscalls.is_empty() {
+            flags |= FILTER_SYSCALL;
+        }
+        let min_ns = config.min_duration.as_nanos().min(u64::MAX as u128) as u64;
+        let cgroup_id = config.cgroup_id.unwrap_or(0);
+        let emit_syscalls = config.emit_syscalls as u32;
+        let emit_failed = config.emit_failed as u32;
+        let proc_hist = config.proc_hist as u32;
+        let in_array = starts_in_array as u32;
+        let emit_tcp = config.emit_tcp as u32;
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("FILTER_FLAGS", &flags, true)
+            .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
+            .override_global("MIN_DURATION_NS", &min_ns, true)
+            .override_global("EMIT_SYSCALLS", &emit_syscalls, true)
+            .override_global("EMIT_FAILED", &emit_failed, true)
+            .override_global("PROC_HIST", &proc_hist, true)
+            .override_global("STARTS_IN_ARRAY", &in_array, true)
+            .override_global("EMIT_TCP", &emit_tcp, true)
+            .map_max_entries("EVENTS", rb)
+            .map_max_entries("STARTS_ARRAY", if starts_in_array { pid_max } else { 1 })
+            .map_max_entries(
+                "STARTS_HASH",
+                if starts_in_array {
+                    1
+                } else {
+                    STARTS_HASH_ENTRIES
+                },
+            )
+            .map_max_entries(
+                "PROC_HIST_MAP",
+                if config.proc_hist {
+                    PROC_HIST_ENTRIES
+                } else {
+                    1
+                },
+            );
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| classify("loading the eBPF object (creating maps)", e))?;
+
+        Self::fill_filters(&mut ebpf, &config)?;
+
+        match config.syscall_hook {
+            SyscallHook::RawTracepoint => {
+                attach_raw(&mut ebpf, "sys_enter_raw", "sys_enter")?;
+                attach_raw(&mut ebpf, "sys_exit_raw", "sys_exit")?;
+            }
+            SyscallHook::Tracepoint => {
+                attach_tp(&mut ebpf, "sys_enter_tp", "raw_syscalls", "sys_enter")?;
+                attach_tp(&mut ebpf, "sys_exit_tp", "raw_syscalls", "sys_exit")?;
+            }
+            SyscallHook::EmptyRawTracepoint => {
+                attach_raw(&mut ebpf, "sys_enter_raw_empty", "sys_enter")?;
+                attach_raw(&mut ebpf, "sys_exit_raw_empty", "sys_exit")?;
+            }
+            SyscallHook::EmptyTracepoint => {
+                attach_tp(&mut ebpf, "sys_enter_tp_empty", "raw_syscalls", "sys_enter")?;
+                attach_tp(&mut ebpf, "sys_exit_tp_empty", "raw_syscalls", "sys_exit")?;
+            }
+            SyscallHook::Off => {}
+        }
+        if config.tcp {
+            attach_tp(
+                &mut ebpf,
+                "sock_set_state_tcp",
+                "sock",
+                "inet_sock_set_state",
+            )?;
+            attach_tp(&mut ebpf, "tcp_retransmit_skb", "tcp", "tcp_retransmit_skb")?;
+            attach_tp(&mut ebpf, "tcp_receive_reset", "tcp", "tcp_receive_reset")?;
+        }
+
+        let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
+        let syscall_hist = take_map(&mut ebpf, "SYSCALL_HIST", PerCpuArray::try_from)?;
+        let tcp_hist = take_map(&mut ebpf, "TCP_HIST", PerCpuArray::try_from)?;
+        let proc_hist = take_map(&mut ebpf, "PROC_HIST_MAP", PerCpuHashMap::try_from)?;
+        Ok(Capture {
+            ebpf: Some(ebpf),
+            ring,
+            counters,
+            syscall_hist,
+            tcp_hist,
+            proc_hist,
+            config,
+        })
+    }
+
+    /// Detaches every program. The maps stay readable, so what is left in the ring buffer
+    /// can still be drained and counted.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+
+    /// Whether the programs are still attached.
+    pub fn attached(&self) -> bool {
+        self.ebpf.is_some()
+    }
+
+    fn fill_filters(ebpf: &mut Ebpf, config: &CaptureConfig) -> Result<(), CaptureError> {
+        if !config.pids.is_empty() {
+            let map = ebpf
+                .map_mut("FILTER_PIDS")
+                .ok_or_else(|| missing("FILTER_PIDS"))?;
+            let mut pids: HashMap<_, u32, u8> =
+                HashMap::try_from(map).map_err(|e| classify("opening FILTER_PIDS", e))?;
+            for pid in &config.pids {
+                pids.insert(pid, 1, 0)
+                    .map_err(|e| classify("filling the pid filter", e))?;
+            }
+        }
+        if !config.comms.is_empty() {
+            let map = ebpf
+                .map_mut("FILTER_COMMS")
+                .ok_or_else(|| missing("FILTER_COMMS"))?;
+            let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
+                HashMap::try_from(map).map_err(|e| classify("opening FILTER_COMMS", e))?;
+            for comm in &config.comms {
+                comms
+                    .insert(comm_key(comm)?, 1, 0)
+                    .map_err(|e| classify("filling the comm filter", e))?;
+            }
+        }
+        if !config.syscalls.is_empty() {
+            let map = ebpf
+                .map_mut("FILTER_SYSCALLS")
+                .ok_or_else(|| missing("FILTER_SYSCALLS"))?;
+            let mut set: Array<_, u32> =
+                Array::try_from(map).map_err(|e| classify("opening FILTER_SYSCALLS", e))?;
+            for &nr in &config.syscalls {
+                if nr as usize >= MAX_SYSCALLS {
+                    return Err(CaptureError::Invalid(format!(
+                        "syscall number {nr} is out of range"
+                    )));
+                }
+                set.set(nr, 1, 0)
+                    .map_err(|e| classify("filling the syscall filter", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains every record now in the ring buffer, calling `f` on each. Returns the count.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Kernel-side counters, summed over CPUs.
+    pub fn counters(&self) -> KernelCounters {
+        let get = |c: Counter| -> u64 {
+            self.counters
+                .get(&(c as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            ringbuf_full: get(Counter::RingbufFull),
+            start_table_full: get(Counter::StartTableFull),
+            tcp_table_full: get(Counter::TcpTableFull),
+            submitted: get(Counter::Submitted),
+            syscalls_measured: get(Counter::SyscallsMeasured),
+        }
+    }
+
+    /// Per-syscall histograms: `(nr, buckets)` for every syscall with a non-zero count.
+    pub fn syscall_histograms(&self) -> Result<Vec<(u32, [u64; HIST_BUCKETS])>, CaptureError> {
+        let hist = &self.syscall_hist;
+        let mut out = Vec::new();
+        for nr in 0..MAX_SYSCALLS as u32 {
+            let mut buckets = [0u64; HIST_BUCKETS];
+            let mut any = false;
+            for (b, slot) in buckets.iter_mut().enumerate() {
+                let idx = nr * HIST_BUCKETS as u32 + b as u32;
+                let v: u64 = hist
+                    .get(&idx, 0)
+                    .map_err(|e| classify("reading SYSCALL_HIST", e))?
+                    .iter()
+                    .sum();
+                *slot = v;
+                any |= v != 0;
+            }
+            if any {
+                out.push((nr, buckets));
+            }
+        }
+        Ok(out)
+    }
+
+    /// TCP connect (index 0) and accept (index 1) latency histograms.
+    pub fn tcp_histograms(&self) -> Result<[[u64; HIST_BUCKETS]; 2], CaptureError> {
+        let hist = &self.tcp_hist;
+        let mut out = [[0u64; HIST_BUCKETS]; 2];
+        for (which, buckets) in out.iter_mut().enumerate() {
+            for (b, slot) in buckets.iter_mut().enumerate() {
+                let idx = (which * HIST_BUCKETS + b) as u32;
+                *slot = hist
+                    .get(&idx, 0)
+                    .map_err(|e| classify("reading TCP_HIST", e))?
+                    .iter()
+                    .sum();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per-process histogram entries: `((pid, nr, bucket), count)`.
+    pub fn proc_histograms(&self) -> Result<Vec<(ProcHistKey, u64)>, CaptureError> {
+        let mut out = Vec::new();
+        for entry in self.proc_hist.iter() {
+            let (k, v) = entry.map_err(|e| classify("reading PROC_HIST_MAP", e))?;
+            out.push((k, v.iter().sum()));
+        }
+        Ok(out)
+    }
+}
+
+fn missing(name: &str) -> CaptureError {
+    CaptureError::Invalid(format!(
+        "the eBPF object has no map {name} (build mismatch)"
+    ))
+}
+
+fn comm_key(comm: &str) -> Result<[u8; COMM_LEN], CaptureError> {
+    let bytes = comm.as_bytes();
+    if bytes.is_empty() || bytes.len() >= COMM_LEN {
+        return Err(CaptureError::Invalid(format!(
+            "comm {comm:?} must be 1 to {} bytes (the kernel truncates names to that)",
+            COMM_LEN - 1
+        )));
+    }
+    let mut key = [0u8; COMM_LEN];
+    key[..bytes.len()].copy_from_slice(bytes);
+    Ok(key)
+}
+
+fn take_map<T, E>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    conv: impl FnOnce(aya::maps::Map) -> Result<T, E>,
+) -> Result<T, CaptureError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| missing(name))?;
+    conv(map).map_err(|e| classify(format!("opening map {name}"), e))
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<(), CaptureError> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| CaptureError::Invalid(format!("no program {prog} (build mismatch)")))?
+        .try_into()
+        .map_err(|e| classify(format!("program {prog}"), e))?;
+    p.load()
+        .map_err(|e| classify(format!("loading program {prog}"), e))?;
+    p.attach(tp)
+        .map_err(|e| classify(format!("attaching {prog} to raw tracepoint {tp}"), e))?;
+    Ok(())
+}
+
+fn attach_tp(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), CaptureError> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| CaptureError::Invalid(format!("no program {prog} (build mismatch)")))?
+        .try_into()
+        .map_err(|e| classify(format!("program {prog}"), e))?;
+    p.load()
+        .map_err(|e| classify(format!("loading program {prog}"), e))?;
+    p.attach(category, name).map_err(|e| {
+        classify(
+            format!("attaching {prog} to tracepoint {category}/{name}"),
+            e,
+        )
+    })?;
+    Ok(())
+}

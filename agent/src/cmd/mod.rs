@@ -1,0 +1,86 @@
+//! Command-line interface: argument types and one entry point per subcommand.
+pub mod events;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kspan",
+    version,
+    about = "eBPF kernel-level tracing agent: syscall and TCP latency"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report whether kspan can run on this host and what it will use; non-zero exit if not.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream decoded kernel events as JSON lines on stdout.
+    Events(events::EventsArgs),
+}
+
+/// Filters shared by the capturing commands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only these processes (tgids); repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Only tasks with this command name (as in /proc/PID/comm, at most 15 bytes).
+    #[arg(long, value_delimiter = ',')]
+    pub comm: Vec<String>,
+    /// Only tasks in this cgroup v2 (a path under /sys/fs/cgroup, or the numeric id).
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Only these syscalls, by name (e.g. read,write,openat).
+    #[arg(long, value_delimiter = ',')]
+    pub syscalls: Vec<String>,
+}
+
+/// Parses durations like `20ms`, `1s`, `500us`, or a bare number of nanoseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(ns) = s.parse::<u64>() {
+        return Ok(Duration::from_nanos(ns));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500us, 20ms, 5s, 1m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
+        assert_eq!(parse_duration("1500"), Ok(Duration::from_nanos(1500)));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::try_parse_from([
+            "kspan",
+            "events",
+            "--pid",
+            "1,2",
+            "--syscalls",
+            "read,write",
+            "--min-duration",
+            "1ms",
+            "--duration",
+            "2s",
+        ])
+        .map(|_| ())
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Cli::try_parse_from(["kspan", "events", "--duration", "soon"]).is_err());
+    }
+}

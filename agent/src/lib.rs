@@ -1,0 +1,12 @@
+//! kspan: eBPF kernel-level tracing agent (userspace side).
+//!
+//! Pipeline stages, one module each: `capture` (kernel programs and maps) -> `decode` (bytes to
+//! values, the only place that reads kernel bytes) -> `event` (agent-level events and their
+//! JSON form). `cmd` holds the thin command entry points.
+pub mod capture;
+pub mod check;
+pub mod clock;
+pub mod cmd;
+pub mod decode;
+pub mod event;
+pub mod names;
