@@ -45,6 +45,16 @@ pub enum SyscallHook {
     Off,
 }
 
+/// Where per-thread syscall starts are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartsTable {
+    /// Array indexed by tid when pid_max allows, else hash.
+    #[default]
+    Auto,
+    Array,
+    Hash,
+}
+
 /// What to capture. Built and validated by the command that starts a capture.
 #[derive(Clone, Debug)]
 pub struct CaptureConfig {
@@ -68,6 +78,7 @@ pub struct CaptureConfig {
     /// Emit TCP events (false: histograms only).
     pub emit_tcp: bool,
     pub ring_buffer_bytes: u32,
+    pub starts: StartsTable,
 }
 
 impl Default for CaptureConfig {
@@ -85,6 +96,7 @@ impl Default for CaptureConfig {
             tcp: true,
             emit_tcp: true,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            starts: StartsTable::Auto,
         }
     }
 }
@@ -220,7 +232,11 @@ impl Capture {
             )));
         }
         let pid_max = pid_max();
-        let starts_in_array = pid_max <= MAX_PID_MAX_FOR_ARRAY;
+        let starts_in_array = match config.starts {
+            StartsTable::Auto => pid_max <= MAX_PID_MAX_FOR_ARRAY,
+            StartsTable::Array => true,
+            StartsTable::Hash => false,
+        };
         let self_tgid = std::process::id();
         let mut flags = 0u32;
         if !config.pids.is_empty() {

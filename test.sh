@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: set-up, format and lint checks, unit tests, then the privileged
+# kernel integration tests (root; one at a time since they share kernel state).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup
+echo "[test] cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "[test] cargo clippy -D warnings" >&2
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "[test] unit tests" >&2
+cargo test --workspace --lib --bins --quiet
+echo "[test] kernel integration tests (root, one at a time)" >&2
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo -E env PATH=$PATH"; fi
+$SUDO cargo test -p agent --test kernel -- --test-threads=1

@@ -1,0 +1,426 @@
+//! Privileged integration tests: the real `kspan` binary, the real kernel, real workloads.
+//!
+//! Run as root, one at a time (they share kernel state):
+//! `cargo test -p agent --test kernel -- --test-threads=1`.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const KSPAN: &str = env!("CARGO_BIN_EXE_kspan");
+
+fn triggers_py() -> String {
+    format!("{}/../tests/triggers.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the kernel integration tests load eBPF programs: run them as root"
+    );
+}
+
+/// A trigger process waiting for "go".
+struct Trigger {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Trigger {
+    fn spawn(action: &str, arg: Option<u64>) -> Trigger {
+        let mut cmd = Command::new("python3");
+        cmd.arg(triggers_py()).arg(action);
+        if let Some(a) = arg {
+            cmd.arg(a.to_string());
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3 trigger");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("trigger ready line");
+        assert_eq!(line.trim(), "ready");
+        Trigger {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the trigger act; returns what it reports.
+    fn go(mut self) -> Value {
+        self.stdin.write_all(b"go\n").expect("write go");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("trigger result");
+        let status = self.child.wait().expect("wait trigger");
+        assert!(status.success(), "trigger failed: {status}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad trigger output {line:?}: {e}"))
+    }
+}
+
+/// A running `kspan events`.
+struct Kspan {
+    child: Child,
+}
+
+impl Kspan {
+    fn start(args: &[&str]) -> Kspan {
+        let mut child = Command::new(KSPAN)
+            .arg("events")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kspan");
+        // Wait for the programs to be attached.
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("kspan stderr");
+        assert!(line.contains("tracing"), "kspan did not start: {line}{}", {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            eprint!("{rest}");
+        });
+        Kspan { child }
+    }
+
+    /// Stops with SIGINT; returns (events, summary).
+    fn stop(mut self) -> (Vec<Value>, Value) {
+        // Let the 10 ms drain timer pick up the last events before the signal.
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read kspan stdout");
+        let status = self.child.wait().expect("wait kspan");
+        assert!(status.success(), "kspan exited with {status}");
+        let mut events: Vec<Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect();
+        let summary = events.pop().expect("summary line");
+        assert_eq!(summary["kind"], "summary");
+        (events, summary)
+    }
+}
+
+fn run_trigger(action: &str, arg: Option<u64>, extra: &[&str]) -> (Value, Vec<Value>, Value) {
+    require_root();
+    let trigger = Trigger::spawn(action, arg);
+    let pid = trigger.pid().to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(extra);
+    let kspan = Kspan::start(&args);
+    let result = trigger.go();
+    let (events, summary) = kspan.stop();
+    (result, events, summary)
+}
+
+fn syscalls_named<'a>(events: &'a [Value], names: &[&str]) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "syscall" && names.iter().any(|n| e["syscall"] == *n))
+        .collect()
+}
+
+#[test]
+fn sleep_20ms_gives_event_with_tid_and_duration() {
+    let (result, events, summary) = run_trigger("sleep", None, &[]);
+    let tid = result["tid"].as_u64().expect("tid");
+    let sleeps: Vec<_> = syscalls_named(&events, &["nanosleep", "clock_nanosleep"])
+        .into_iter()
+        .filter(|e| e["tid"].as_u64() == Some(tid))
+        .collect();
+    assert_eq!(sleeps.len(), 1, "one sleep by tid {tid}: {sleeps:?}");
+    let d = sleeps[0]["duration_ns"].as_u64().expect("duration");
+    assert!((20_000_000..200_000_000).contains(&d), "duration {d}");
+    assert_ne!(
+        sleeps[0]["pid"], sleeps[0]["tid"],
+        "the sleep ran in a second thread"
+    );
+    // The wall-clock start is within the test's run.
+    let ts = sleeps[0]["ts_unix_ns"].as_u64().expect("ts");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    assert!(now - ts < 30_000_000_000, "ts {ts} vs now {now}");
+    assert_eq!(summary["lost_ringbuf_full"], 0);
+}
+
+#[test]
+fn openat_missing_path_is_enoent() {
+    let (_, events, _) = run_trigger("openat", None, &[]);
+    let opens: Vec<_> = syscalls_named(&events, &["openat"])
+        .into_iter()
+        .filter(|e| e["errno"] == "ENOENT")
+        .collect();
+    assert!(!opens.is_empty(), "no failed openat in {events:?}");
+    let last = opens.last().expect("openat");
+    assert_eq!(last["ret"], -2);
+}
+
+#[test]
+fn pipe_read_of_n_bytes_returns_n() {
+    let n = 4321;
+    let (result, events, _) = run_trigger("pipe", Some(n), &[]);
+    let fd = result["read_fd"].as_u64().expect("fd");
+    let reads: Vec<_> = syscalls_named(&events, &["read"])
+        .into_iter()
+        .filter(|e| e["fd"].as_u64() == Some(fd))
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["ret"].as_u64(), Some(n));
+}
+
+fn check_tcp(action: &str, family: &str, loopback: &str) {
+    let (result, events, _) = run_trigger(action, None, &["--syscalls", "connect"]);
+    let lport = result["listen_port"].as_u64().expect("listen port");
+    let cport = result["client_port"].as_u64().expect("client port");
+    let pid = result["pid"].as_u64().expect("pid");
+    let connects: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "tcp_connect")
+        .collect();
+    assert_eq!(connects.len(), 1, "{events:?}");
+    let c = connects[0];
+    assert_eq!(c["pid"].as_u64(), Some(pid));
+    assert_eq!(c["sport"].as_u64(), Some(cport));
+    assert_eq!(c["dport"].as_u64(), Some(lport));
+    assert_eq!(c["family"], family);
+    assert_eq!(c["daddr"], loopback);
+    assert_eq!(c["failed"], false);
+    let d = c["duration_ns"].as_u64().expect("duration");
+    assert!(d > 0 && d < 1_000_000_000, "connect latency {d}");
+
+    let accepts: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "tcp_accept")
+        .collect();
+    assert_eq!(accepts.len(), 1, "{events:?}");
+    let a = accepts[0];
+    assert_eq!(a["pid"].as_u64(), Some(pid), "listener's pid");
+    assert_eq!(a["pid_known"], true);
+    assert_eq!(a["sport"].as_u64(), Some(lport));
+    assert_eq!(a["dport"].as_u64(), Some(cport));
+
+    // Both ends close: two close events with lifetimes.
+    let closes: Vec<_> = events.iter().filter(|e| e["kind"] == "tcp_close").collect();
+    assert_eq!(closes.len(), 2, "{events:?}");
+    for c in closes {
+        let life = c["duration_ns"].as_u64().expect("lifetime");
+        assert!(
+            life >= 40_000_000,
+            "lifetime {life} covers the 50 ms the trigger waits"
+        );
+        assert_eq!(c["retransmits"], 0);
+    }
+    // The connect syscall itself is there too (syscall filter).
+    assert_eq!(syscalls_named(&events, &["connect"]).len(), 1);
+    assert!(events
+        .iter()
+        .all(|e| e["kind"] != "syscall" || e["syscall"] == "connect"));
+}
+
+#[test]
+fn tcp_ipv4_connect_and_accept() {
+    check_tcp("tcp4", "ipv4", "127.0.0.1");
+}
+
+#[test]
+fn tcp_ipv6_connect_and_accept() {
+    check_tcp("tcp6", "ipv6", "::1");
+}
+
+fn check_refused(action: &str) {
+    let (result, events, _) = run_trigger(action, None, &[]);
+    let port = result["port"].as_u64().expect("port");
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["kind"] == "tcp_connect" && e["failed"] == true)
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert_eq!(failed[0]["dport"].as_u64(), Some(port));
+    assert_eq!(failed[0]["errno"], "ECONNREFUSED");
+    let connect = syscalls_named(&events, &["connect"]);
+    assert_eq!(connect.len(), 1);
+    assert_eq!(connect[0]["errno"], "ECONNREFUSED");
+}
+
+#[test]
+fn tcp_connect_refused_ipv4() {
+    check_refused("refused4");
+}
+
+#[test]
+fn tcp_connect_refused_ipv6() {
+    check_refused("refused6");
+}
+
+#[test]
+fn unselected_pid_never_appears() {
+    require_root();
+    let selected = Trigger::spawn("openat", None);
+    let other = Trigger::spawn("openat", None);
+    let pid = selected.pid().to_string();
+    let kspan = Kspan::start(&["--pid", &pid]);
+    let other_pid = other.pid() as u64;
+    other.go();
+    selected.go();
+    let (events, _) = kspan.stop();
+    assert!(!events.is_empty());
+    assert!(events
+        .iter()
+        .all(|e| e["pid"].as_u64() == Some(pid.parse().expect("pid"))));
+    assert!(events.iter().all(|e| e["pid"].as_u64() != Some(other_pid)));
+}
+
+#[test]
+fn comm_and_min_duration_filters() {
+    // python3's comm is "python3": a different comm selects nothing of it.
+    let (_, events, summary) = run_trigger("openat", None, &["--comm", "no-such-comm"]);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(summary["syscalls_measured"], 0);
+    // A 10 ms minimum keeps the 20 ms sleep and drops the rest (successful, short calls).
+    let (_, events, summary) =
+        run_trigger("sleep", None, &["--min-duration", "10ms", "--no-failed"]);
+    assert!(!events.is_empty());
+    for e in &events {
+        if e["kind"] == "syscall" {
+            assert!(e["duration_ns"].as_u64().expect("d") >= 10_000_000, "{e}");
+        }
+    }
+    assert!(summary["syscalls_measured"].as_u64().expect("n") > events.len() as u64);
+}
+
+#[test]
+fn overflow_received_plus_lost_equals_produced() {
+    let n: u64 = 20_000;
+    require_root();
+    let trigger = Trigger::spawn("getppid", Some(n));
+    let pid = trigger.pid().to_string();
+    // 4 KiB ring buffer drained every 5 s: it overflows after a few dozen events.
+    let kspan = Kspan::start(&[
+        "--pid",
+        &pid,
+        "--syscalls",
+        "getppid",
+        "--ring-buffer-bytes",
+        "4096",
+        "--drain-interval",
+        "5s",
+        "--no-tcp",
+    ]);
+    trigger.go();
+    let (events, summary) = kspan.stop();
+    let received = events.len() as u64;
+    let lost = summary["lost_ringbuf_full"].as_u64().expect("lost");
+    assert!(lost > 0, "the ring buffer should have overflowed");
+    assert_eq!(received + lost, n, "received {received} + lost {lost}");
+    assert_eq!(summary["events"].as_u64(), Some(received));
+    assert_eq!(summary["syscalls_measured"].as_u64(), Some(n));
+}
+
+#[test]
+fn check_reports_can_run() {
+    require_root();
+    let out = Command::new(KSPAN)
+        .arg("check")
+        .output()
+        .expect("kspan check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("kspan can run here"), "{text}");
+    assert!(text.contains("ok   load and attach"), "{text}");
+}
+
+/// Runs kspan as an unprivileged user with no capabilities.
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(KSPAN)
+        .args(args)
+        .output()
+        .expect("setpriv")
+}
+
+#[test]
+fn unprivileged_gets_a_clear_message() {
+    require_root();
+    let out = as_nobody(&["events", "--duration", "1s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("CAP_BPF"), "{err}");
+    let out = as_nobody(&["check"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FAIL privilege"), "{text}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let out = Command::new(KSPAN)
+        .args(["events", "--syscalls", "no_such_syscall"])
+        .output()
+        .expect("kspan");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown syscall \"no_such_syscall\""), "{err}");
+    let out = Command::new(KSPAN)
+        .args(["events", "--ring-buffer-bytes", "5000"])
+        .output()
+        .expect("kspan");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+    let out = Command::new(KSPAN)
+        .args(["events", "--duration", "-1s"])
+        .output()
+        .expect("kspan");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn stops_at_duration_with_summary() {
+    require_root();
+    let start = Instant::now();
+    let out = Command::new(KSPAN)
+        .args(["events", "--duration", "300ms", "--comm", "nothing-here"])
+        .output()
+        .expect("kspan");
+    assert!(out.status.success());
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: Value = serde_json::from_str(text.lines().last().expect("line")).expect("json");
+    assert_eq!(last["kind"], "summary");
+    assert_eq!(last["events"], 0);
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Deterministic kernel-event triggers for kspan's integration tests.
+
+Usage: triggers.py ACTION [ARG]. The process prints "ready" and waits for a line on stdin
+before acting (so the tracer can attach first, filtered on this pid), then prints one JSON
+object describing what it did (tids, fds, ports) and exits.
+"""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+
+def sleep_thread():
+    out = {}
+
+    def body():
+        out["tid"] = threading.get_native_id()
+        time.sleep(0.020)  # clock_nanosleep(CLOCK_MONOTONIC, 0, 20ms)
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    return out
+
+
+def openat_missing():
+    path = "/nonexistent/kspan-test-%d" % os.getpid()
+    try:
+        os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        pass
+    return {"path": path}
+
+
+def pipe_read(n):
+    r, w = os.pipe()
+    os.write(w, b"x" * n)
+    data = os.read(r, n)
+    assert len(data) == n
+    return {"read_fd": r, "n": n}
+
+
+def tcp(family, host):
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.bind((host, 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    cli = socket.socket(family, socket.SOCK_STREAM)
+    cli.connect((host, port))
+    client_port = cli.getsockname()[1]
+    conn, _ = srv.accept()
+    cli.sendall(b"ping")
+    conn.recv(4)
+    time.sleep(0.05)
+    cli.close()
+    conn.close()
+    srv.close()
+    time.sleep(0.05)
+    return {"listen_port": port, "client_port": client_port, "pid": os.getpid()}
+
+
+def refused(family, host):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()  # bound, never listened: nothing accepts on it
+    c = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        c.connect((host, port))
+    except ConnectionRefusedError:
+        pass
+    client_port = c.getsockname()[1] if c.fileno() >= 0 else 0
+    c.close()
+    return {"port": port}
+
+
+def getppid(n):
+    for _ in range(n):
+        os.getppid()
+    return {"n": n}
+
+
+def main():
+    action = sys.argv[1]
+    arg = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    print("ready", flush=True)
+    sys.stdin.readline()
+    if action == "sleep":
+        out = sleep_thread()
+    elif action == "openat":
+        out = openat_missing()
+    elif action == "pipe":
+        out = pipe_read(arg)
+    elif action == "tcp4":
+        out = tcp(socket.AF_INET, "127.0.0.1")
+    elif action == "tcp6":
+        out = tcp(socket.AF_INET6, "::1")
+    elif action == "refused4":
+        out = refused(socket.AF_INET, "127.0.0.1")
+    elif action == "refused6":
+        out = refused(socket.AF_INET6, "::1")
+    elif action == "getppid":
+        out = getppid(arg)
+    else:
+        raise SystemExit("unknown action " + action)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
