@@ -333,6 +333,8 @@ fn overflow_received_plus_lost_equals_produced() {
         "4096",
         "--drain-interval",
         "5s",
+        "--wakeup-bytes",
+        "0",
         "--no-tcp",
     ]);
     trigger.go();

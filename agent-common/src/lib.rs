@@ -113,8 +113,6 @@ pub enum Counter {
     TcpTableFull = 2,
     /// Events submitted to the ring buffer.
     Submitted = 3,
-    /// Syscalls measured (histogrammed), whether or not an event was made.
-    SyscallsMeasured = 4,
 }
 pub const COUNTERS_LEN: u32 = 8;
 

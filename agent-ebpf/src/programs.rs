@@ -5,7 +5,7 @@ use agent_common::{
     TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -42,6 +42,10 @@ static PROC_HIST: u32 = 0;
 /// 1: per-thread starts live in `STARTS_ARRAY` (indexed by tid); 0: in `STARTS_HASH`.
 #[unsafe(no_mangle)]
 static STARTS_IN_ARRAY: u32 = 1;
+/// Wake the reader when this many bytes wait in the ring buffer (0: never; the reader's
+/// timer alone drains it). Below it, events are submitted without a wake-up.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
 /// 1: TCP programs emit events; 0: histograms only.
 #[unsafe(no_mangle)]
 static EMIT_TCP: u32 = 1;
@@ -128,6 +132,17 @@ static CONNS: LruHashMap<u64, Conn> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(4096, 0);
 
+/// Submit flags: no wake-up, unless the ring buffer holds WAKEUP_BYTES or more.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    let threshold = setting_u64(&WAKEUP_BYTES);
+    if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 #[inline(always)]
 fn count(c: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
@@ -201,9 +216,10 @@ fn on_sys_enter(nr: i64, arg0: u64) {
     }
 }
 
-/// Common sys_exit logic. `regs` (raw tracepoint only) lets arg0 be read lazily.
+/// Common sys_exit logic. With `regs` (raw tracepoint), arg0 is read from the saved user
+/// registers only when an event is made, not on every syscall.
 #[inline(always)]
-fn on_sys_exit(ret: i64) {
+fn on_sys_exit(ret: i64, regs: *const u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let now = unsafe { bpf_ktime_get_ns() };
@@ -234,7 +250,6 @@ fn on_sys_exit(ret: i64) {
     if let Some(p) = SYSCALL_HIST.get_ptr_mut(idx) {
         unsafe { *p += 1 };
     }
-    count(Counter::SyscallsMeasured);
     if setting_u32(&PROC_HIST) != 0 {
         let key = ProcHistKey {
             pid: (pid_tgid >> 32) as u32,
@@ -274,29 +289,32 @@ fn on_sys_exit(ret: i64) {
             nr,
             _pad: 0,
             ret,
-            arg0: start.arg0,
+            arg0: if regs.is_null() {
+                start.arg0
+            } else {
+                // x86_64 pt_regs: di (the first syscall argument) is the 15th u64.
+                unsafe { bpf_probe_read_kernel(regs.wrapping_add(14)) }.unwrap_or(0)
+            },
         },
     });
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(submit_flags());
     count(Counter::Submitted);
 }
 
 /// `raw_syscalls:sys_enter` raw tracepoint: args `(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
-    let regs: *const u64 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
-    // x86_64 pt_regs: di (the first syscall argument) is the 15th u64.
-    let arg0 = unsafe { bpf_probe_read_kernel(regs.wrapping_add(14)) }.unwrap_or(0);
-    on_sys_enter(id, arg0);
+    on_sys_enter(id, 0);
     0
 }
 
 /// `raw_syscalls:sys_exit` raw tracepoint: args `(struct pt_regs *regs, long ret)`.
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
-    on_sys_exit(ret);
+    on_sys_exit(ret, regs);
     0
 }
 
@@ -313,7 +331,7 @@ pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "raw_syscalls", name = "sys_exit")]
 pub fn sys_exit_tp(ctx: TracePointContext) -> u32 {
     let ret: i64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    on_sys_exit(ret);
+    on_sys_exit(ret, core::ptr::null());
     0
 }
 
@@ -429,7 +447,7 @@ fn emit_tcp(
             error,
         },
     });
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(submit_flags());
     count(Counter::Submitted);
 }
 

@@ -79,6 +79,9 @@ pub struct CaptureConfig {
     pub emit_tcp: bool,
     pub ring_buffer_bytes: u32,
     pub starts: StartsTable,
+    /// Wake the reader early when this many bytes wait in the ring buffer; `None`: a quarter
+    /// of the ring buffer; `Some(0)`: never (timer only).
+    pub wakeup_bytes: Option<u64>,
 }
 
 impl Default for CaptureConfig {
@@ -97,6 +100,7 @@ impl Default for CaptureConfig {
             emit_tcp: true,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             starts: StartsTable::Auto,
+            wakeup_bytes: None,
         }
     }
 }
@@ -258,6 +262,7 @@ impl Capture {
         let proc_hist = config.proc_hist as u32;
         let in_array = starts_in_array as u32;
         let emit_tcp = config.emit_tcp as u32;
+        let wakeup_bytes = config.wakeup_bytes.unwrap_or(rb as u64 / 4);
 
         let mut loader = EbpfLoader::new();
         loader
@@ -270,6 +275,7 @@ impl Capture {
             .override_global("PROC_HIST", &proc_hist, true)
             .override_global("STARTS_IN_ARRAY", &in_array, true)
             .override_global("EMIT_TCP", &emit_tcp, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("EVENTS", rb)
             .map_max_entries("STARTS_ARRAY", if starts_in_array { pid_max } else { 1 })
             .map_max_entries(
@@ -394,6 +400,30 @@ impl Capture {
         Ok(())
     }
 
+    /// The ring buffer's fd: readable when the kernel forced a wake-up (it is fuller than
+    /// the wake-up threshold).
+    pub fn ring_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
+    }
+
+    /// Waits up to `timeout` for a wake-up from the kernel (blocking `poll`).
+    pub fn wait(&self, timeout: Duration) {
+        let mut pfd = libc::pollfd {
+            fd: self.ring_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the fd lives as long as self.
+        unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+    }
+
     /// Drains every record now in the ring buffer, calling `f` on each. Returns the count.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
@@ -406,6 +436,11 @@ impl Capture {
 
     /// Kernel-side counters, summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
+        let syscalls_measured = self
+            .syscall_hist
+            .iter()
+            .map(|v| v.map(|v| v.iter().sum::<u64>()).unwrap_or(0))
+            .sum();
         let get = |c: Counter| -> u64 {
             self.counters
                 .get(&(c as u32), 0)
@@ -417,7 +452,7 @@ impl Capture {
             start_table_full: get(Counter::StartTableFull),
             tcp_table_full: get(Counter::TcpTableFull),
             submitted: get(Counter::Submitted),
-            syscalls_measured: get(Counter::SyscallsMeasured),
+            syscalls_measured,
         }
     }
 

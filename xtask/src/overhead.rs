@@ -29,7 +29,12 @@ pub struct Args {
 fn dd(count: u64) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let status = Command::new("dd")
-        .args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={count}")])
+        .args([
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=1",
+            &format!("count={count}"),
+        ])
         .stderr(Stdio::null())
         .status()
         .context("running dd")?;
@@ -87,7 +92,7 @@ fn under_kspan(config: &CaptureConfig, count: u64) -> anyhow::Result<(Duration, 
         };
         while !stop2.load(Ordering::Relaxed) {
             drain(&mut capture);
-            thread::sleep(Duration::from_millis(10));
+            capture.wait(Duration::from_millis(10));
         }
         capture.detach();
         drain(&mut capture);
@@ -101,7 +106,9 @@ fn under_kspan(config: &CaptureConfig, count: u64) -> anyhow::Result<(Duration, 
     });
     let wall = dd(count);
     stop.store(true, Ordering::Relaxed);
-    let stats = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    let stats = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     Ok((wall?, stats))
 }
 
@@ -218,7 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             walls: Vec::new(),
             reader: None,
         };
-        let (mut ev, mut cpu, mut lost) = (Vec::new(), Vec::new(), 0u64);
+        let (mut ev, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
         for r in 0..args.repeats {
             eprintln!("[bench] {name}: run {}/{}", r + 1, args.repeats);
             let wall = match (name, config) {
@@ -226,10 +233,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 (_, None) => dd(args.count)?,
                 (_, Some(c)) => {
                     let (wall, stats) = under_kspan(c, args.count)?;
-                    if c.emit_syscalls && !matches!(c.syscall_hook, SyscallHook::EmptyRawTracepoint | SyscallHook::EmptyTracepoint) {
+                    if c.emit_syscalls
+                        && !matches!(
+                            c.syscall_hook,
+                            SyscallHook::EmptyRawTracepoint | SyscallHook::EmptyTracepoint
+                        )
+                    {
                         ev.push(stats.events as f64);
                         cpu.push(stats.cpu.as_secs_f64());
-                        lost += stats.lost;
+                        lost.push(stats.lost as f64);
                     }
                     wall
                 }
@@ -237,12 +249,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             row.walls.push(wall.as_secs_f64());
         }
         if !ev.is_empty() {
-            row.reader = Some((median(ev) as u64, median(cpu), lost));
+            row.reader = Some((median(ev) as u64, median(cpu), median(lost) as u64));
         }
         rows.push(row);
     }
     let none = median(rows[0].walls.clone());
-    println!("Workload: dd if=/dev/zero of=/dev/null bs=1 count={} ({} syscalls), {} repeats, medians.", args.count, syscalls, args.repeats);
+    println!(
+        "Workload: dd if=/dev/zero of=/dev/null bs=1 count={} ({} syscalls), {} repeats, medians.",
+        args.count, syscalls, args.repeats
+    );
     println!();
     println!("| set-up | wall time (s) | added per syscall (ns) | events received | lost | reader CPU per event (ns) | events/s per core of reader CPU |");
     println!("|---|---|---|---|---|---|---|");
@@ -262,7 +277,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ),
             _ => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
-        println!("| {} | {:.3} | {} | {} | {} | {} | {} |", row.name, wall, added, evs, lost, per, rate);
+        println!(
+            "| {} | {:.3} | {} | {} | {} | {} | {} |",
+            row.name, wall, added, evs, lost, per, rate
+        );
     }
     Ok(())
 }

@@ -45,6 +45,10 @@ pub struct EventsArgs {
     /// How often the ring buffer is drained.
     #[arg(long, value_parser = parse_duration, default_value = "10ms")]
     pub drain_interval: Duration,
+    /// Wake the reader early when this many bytes wait in the ring buffer (0: timer only;
+    /// default: a quarter of the ring buffer).
+    #[arg(long)]
+    pub wakeup_bytes: Option<u64>,
     /// Hook syscalls with classic tracepoints instead of raw tracepoints.
     #[arg(long)]
     pub classic_tracepoints: bool,
@@ -58,7 +62,7 @@ pub enum EventsError {
     UnknownSyscall(String),
     #[error("writing events: {0}")]
     Output(#[source] std::io::Error),
-    #[error("setting up signal handling: {0}")]
+    #[error("setting up signal handling or ring buffer polling: {0}")]
     Signal(#[source] std::io::Error),
 }
 
@@ -127,12 +131,22 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
     config.emit_failed = !args.no_failed;
     config.tcp = !args.no_tcp;
     config.ring_buffer_bytes = args.ring_buffer_bytes;
+    config.wakeup_bytes = args.wakeup_bytes;
     config.syscall_hook = match (args.no_syscalls, args.classic_tracepoints) {
         (true, _) => capture::SyscallHook::Off,
         (false, true) => capture::SyscallHook::Tracepoint,
         (false, false) => capture::SyscallHook::RawTracepoint,
     };
     let mut capture = Capture::start(config)?;
+    // SAFETY: the fd stays open while `ring` lives: `capture` owns it and outlives `ring`,
+    // which is dropped before the capture is detached or dropped.
+    let ring = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            RingFd(capture.ring_fd()),
+            tokio::io::Interest::READABLE,
+        )
+    }
+    .map_err(|e| EventsError::Signal(std::io::Error::other(e.to_string())))?;
     let clock = WallClock::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(EventsError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(EventsError::Signal)?;
@@ -158,6 +172,10 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
                 capture.drain(|b| sink.emit(b));
                 if let Err(e) = sink.out.flush() { sink.io_error.get_or_insert(e); }
             }
+            guard = ring.readable() => {
+                capture.drain(|b| sink.emit(b));
+                if let Ok(mut g) = guard { g.clear_ready(); }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = tokio::time::sleep_until(sleep_until), if deadline.is_some() => break,
@@ -166,6 +184,7 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
             break;
         }
     }
+    drop(ring);
     // Detach first so nothing new arrives, then drain what is left and count.
     capture.detach();
     capture.drain(|b| sink.emit(b));
@@ -221,5 +240,14 @@ impl<W: Write> JsonSink<W> {
                 log::debug!("undecodable record: {e}");
             }
         }
+    }
+}
+
+/// The ring buffer fd, for tokio's readiness polling (the fd is owned by the capture).
+struct RingFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
     }
 }
