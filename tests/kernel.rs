@@ -426,3 +426,42 @@ fn stops_at_duration_with_summary() {
     assert_eq!(last["kind"], "summary");
     assert_eq!(last["events"], 0);
 }
+
+#[test]
+fn in_kernel_histograms_count_exactly() {
+    use agent::capture::{Capture, CaptureConfig};
+    require_root();
+    let n: u64 = 5_000;
+    let trigger = Trigger::spawn("getppid", Some(n));
+    let pid = trigger.pid();
+    let getppid = agent::names::syscall_number("getppid").expect("getppid");
+    // Histograms only: no events cross to userspace.
+    let capture = Capture::start(CaptureConfig {
+        pids: vec![pid],
+        emit_syscalls: false,
+        emit_tcp: false,
+        proc_hist: true,
+        ..Default::default()
+    })
+    .expect("capture");
+    trigger.go();
+    let hists = capture.syscall_histograms().expect("histograms");
+    let (_, buckets) = hists
+        .iter()
+        .find(|(nr, _)| *nr == getppid)
+        .expect("getppid histogram");
+    assert_eq!(buckets.iter().sum::<u64>(), n);
+    // getppid takes well under 1 ms: nothing in buckets >= 2^20 ns.
+    assert_eq!(buckets[21..].iter().sum::<u64>(), 0);
+    let per_proc: u64 = capture
+        .proc_histograms()
+        .expect("per-process histograms")
+        .iter()
+        .filter(|(k, _)| k.pid == pid && u32::from(k.nr) == getppid)
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(per_proc, n);
+    let counters = capture.counters();
+    assert_eq!(counters.submitted, 0, "histogram-only mode made events");
+    assert!(counters.syscalls_measured >= n);
+}

@@ -300,24 +300,26 @@ impl Capture {
 
         Self::fill_filters(&mut ebpf, &config)?;
 
-        match config.syscall_hook {
-            SyscallHook::RawTracepoint => {
-                attach_raw(&mut ebpf, "sys_enter_raw", "sys_enter")?;
-                attach_raw(&mut ebpf, "sys_exit_raw", "sys_exit")?;
-            }
-            SyscallHook::Tracepoint => {
-                attach_tp(&mut ebpf, "sys_enter_tp", "raw_syscalls", "sys_enter")?;
-                attach_tp(&mut ebpf, "sys_exit_tp", "raw_syscalls", "sys_exit")?;
-            }
+        // (sys_enter program, sys_exit program, raw tracepoint?)
+        let syscall_programs = match config.syscall_hook {
+            SyscallHook::RawTracepoint => Some(("sys_enter_raw", "sys_exit_raw", true)),
+            SyscallHook::Tracepoint => Some(("sys_enter_tp", "sys_exit_tp", false)),
             SyscallHook::EmptyRawTracepoint => {
-                attach_raw(&mut ebpf, "sys_enter_raw_empty", "sys_enter")?;
-                attach_raw(&mut ebpf, "sys_exit_raw_empty", "sys_exit")?;
+                Some(("sys_enter_raw_empty", "sys_exit_raw_empty", true))
             }
             SyscallHook::EmptyTracepoint => {
-                attach_tp(&mut ebpf, "sys_enter_tp_empty", "raw_syscalls", "sys_enter")?;
-                attach_tp(&mut ebpf, "sys_exit_tp_empty", "raw_syscalls", "sys_exit")?;
+                Some(("sys_enter_tp_empty", "sys_exit_tp_empty", false))
             }
-            SyscallHook::Off => {}
+            SyscallHook::Off => None,
+        };
+        if let Some((enter, exit, raw)) = syscall_programs {
+            for (prog, hook) in [(enter, "sys_enter"), (exit, "sys_exit")] {
+                if raw {
+                    attach_raw(&mut ebpf, prog, hook)?;
+                } else {
+                    attach_tp(&mut ebpf, prog, "raw_syscalls", hook)?;
+                }
+            }
         }
         if config.tcp {
             attach_tp(
