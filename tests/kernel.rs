@@ -140,6 +140,10 @@ fn run_trigger(action: &str, arg: Option<u64>, extra: &[&str]) -> (Value, Vec<Va
     (result, events, summary)
 }
 
+fn events_of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["kind"] == kind).collect()
+}
+
 fn syscalls_named<'a>(events: &'a [Value], names: &[&str]) -> Vec<&'a Value> {
     events
         .iter()
@@ -202,10 +206,7 @@ fn check_tcp(action: &str, family: &str, loopback: &str) {
     let lport = result["listen_port"].as_u64().expect("listen port");
     let cport = result["client_port"].as_u64().expect("client port");
     let pid = result["pid"].as_u64().expect("pid");
-    let connects: Vec<_> = events
-        .iter()
-        .filter(|e| e["kind"] == "tcp_connect")
-        .collect();
+    let connects = events_of_kind(&events, "tcp_connect");
     assert_eq!(connects.len(), 1, "{events:?}");
     let c = connects[0];
     assert_eq!(c["pid"].as_u64(), Some(pid));
@@ -217,10 +218,7 @@ fn check_tcp(action: &str, family: &str, loopback: &str) {
     let d = c["duration_ns"].as_u64().expect("duration");
     assert!(d > 0 && d < 1_000_000_000, "connect latency {d}");
 
-    let accepts: Vec<_> = events
-        .iter()
-        .filter(|e| e["kind"] == "tcp_accept")
-        .collect();
+    let accepts = events_of_kind(&events, "tcp_accept");
     assert_eq!(accepts.len(), 1, "{events:?}");
     let a = accepts[0];
     assert_eq!(a["pid"].as_u64(), Some(pid), "listener's pid");
@@ -229,7 +227,7 @@ fn check_tcp(action: &str, family: &str, loopback: &str) {
     assert_eq!(a["dport"].as_u64(), Some(cport));
 
     // Both ends close: two close events with lifetimes.
-    let closes: Vec<_> = events.iter().filter(|e| e["kind"] == "tcp_close").collect();
+    let closes = events_of_kind(&events, "tcp_close");
     assert_eq!(closes.len(), 2, "{events:?}");
     for c in closes {
         let life = c["duration_ns"].as_u64().expect("lifetime");
@@ -259,9 +257,9 @@ fn tcp_ipv6_connect_and_accept() {
 fn check_refused(action: &str) {
     let (result, events, _) = run_trigger(action, None, &[]);
     let port = result["port"].as_u64().expect("port");
-    let failed: Vec<_> = events
-        .iter()
-        .filter(|e| e["kind"] == "tcp_connect" && e["failed"] == true)
+    let failed: Vec<_> = events_of_kind(&events, "tcp_connect")
+        .into_iter()
+        .filter(|e| e["failed"] == true)
         .collect();
     assert_eq!(failed.len(), 1, "{events:?}");
     assert_eq!(failed[0]["dport"].as_u64(), Some(port));

@@ -137,9 +137,20 @@ fn under_bpftrace(count: u64) -> anyhow::Result<Duration> {
     wall
 }
 
+/// What runs while dd does.
+enum Setup {
+    NoTracing,
+    Bpftrace,
+    Kspan(CaptureConfig),
+}
+
 struct Row {
-    name: String,
-    walls: Vec<f64>,
+    name: &'static str,
+    /// The no-tracing row other rows are compared with.
+    baseline: bool,
+    /// Median wall time, s.
+    wall: f64,
+    /// Medians of (events received, reader CPU s, events lost).
     reader: Option<(u64, f64, u64)>,
 }
 
@@ -152,62 +163,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tcp: false,
         ..Default::default()
     };
-    let setups: Vec<(&str, Option<CaptureConfig>)> = vec![
-        ("no tracing", None),
-        (
+    let kspan = |name, config| (name, Setup::Kspan(config));
+    let setups = vec![
+        ("no tracing", Setup::NoTracing),
+        kspan(
             "floor: empty classic tracepoints",
-            Some(CaptureConfig {
+            CaptureConfig {
                 syscall_hook: SyscallHook::EmptyTracepoint,
                 ..base.clone()
-            }),
+            },
         ),
-        (
+        kspan(
             "floor: empty raw tracepoints",
-            Some(CaptureConfig {
+            CaptureConfig {
                 syscall_hook: SyscallHook::EmptyRawTracepoint,
                 ..base.clone()
-            }),
+            },
         ),
-        ("bpftrace hist()", None),
-        (
+        ("bpftrace hist()", Setup::Bpftrace),
+        kspan(
             "kspan hist-only, classic tp, hash starts",
-            Some(CaptureConfig {
+            CaptureConfig {
                 syscall_hook: SyscallHook::Tracepoint,
                 starts: StartsTable::Hash,
                 emit_syscalls: false,
                 ..base.clone()
-            }),
+            },
         ),
-        (
+        kspan(
             "kspan hist-only, raw tp, hash starts",
-            Some(CaptureConfig {
+            CaptureConfig {
                 starts: StartsTable::Hash,
                 emit_syscalls: false,
                 ..base.clone()
-            }),
+            },
         ),
-        (
+        kspan(
             "kspan hist-only, raw tp, array starts",
-            Some(CaptureConfig {
+            CaptureConfig {
                 starts: StartsTable::Array,
                 emit_syscalls: false,
                 ..base.clone()
-            }),
+            },
         ),
-        (
+        kspan(
             "kspan events, classic tp, array starts",
-            Some(CaptureConfig {
+            CaptureConfig {
                 syscall_hook: SyscallHook::Tracepoint,
                 starts: StartsTable::Array,
                 ..base.clone()
-            }),
+            },
         ),
-        (
+        kspan(
             "kspan events, raw tp, array starts (default)",
-            Some(CaptureConfig {
+            CaptureConfig {
                 starts: StartsTable::Array,
                 ..base.clone()
-            }),
+            },
         ),
     ];
     let have_bpftrace = Command::new("bpftrace")
@@ -215,45 +227,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     let mut rows: Vec<Row> = Vec::new();
-    for (name, config) in &setups {
-        if *name == "bpftrace hist()" && !have_bpftrace {
+    for (name, setup) in &setups {
+        if matches!(setup, Setup::Bpftrace) && !have_bpftrace {
             eprintln!("[bench] bpftrace not installed: skipping its row (KSPAN_SETUP_BENCH=1 scripts/setup installs it)");
             continue;
         }
-        let mut row = Row {
-            name: name.to_string(),
-            walls: Vec::new(),
-            reader: None,
-        };
-        let (mut ev, mut cpu, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut walls, mut ev, mut cpu, mut lost) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..args.repeats {
             eprintln!("[bench] {name}: run {}/{}", r + 1, args.repeats);
-            let wall = match (name, config) {
-                (&"bpftrace hist()", _) => under_bpftrace(args.count)?,
-                (_, None) => dd(args.count)?,
-                (_, Some(c)) => {
+            let wall = match setup {
+                Setup::NoTracing => dd(args.count)?,
+                Setup::Bpftrace => under_bpftrace(args.count)?,
+                Setup::Kspan(c) => {
                     let (wall, stats) = under_kspan(c, args.count)?;
-                    if c.emit_syscalls
-                        && !matches!(
-                            c.syscall_hook,
-                            SyscallHook::EmptyRawTracepoint | SyscallHook::EmptyTracepoint
-                        )
-                    {
-                        ev.push(stats.events as f64);
-                        cpu.push(stats.cpu.as_secs_f64());
-                        lost.push(stats.lost as f64);
-                    }
+                    ev.push(stats.events as f64);
+                    cpu.push(stats.cpu.as_secs_f64());
+                    lost.push(stats.lost as f64);
                     wall
                 }
             };
-            row.walls.push(wall.as_secs_f64());
+            walls.push(wall.as_secs_f64());
         }
-        if !ev.is_empty() {
-            row.reader = Some((median(ev) as u64, median(cpu), median(lost) as u64));
-        }
-        rows.push(row);
+        rows.push(Row {
+            name,
+            baseline: matches!(setup, Setup::NoTracing),
+            wall: median(walls),
+            // Set-ups that make no events (floors, histogram-only) show no reader figures.
+            reader: (!ev.is_empty()).then(|| (median(ev) as u64, median(cpu), median(lost) as u64)),
+        });
     }
-    let none = median(rows[0].walls.clone());
+    let none = rows
+        .iter()
+        .find(|r| r.baseline)
+        .map_or(f64::NAN, |r| r.wall);
     println!(
         "Workload: dd if=/dev/zero of=/dev/null bs=1 count={} ({} syscalls), {} repeats, medians.",
         args.count, syscalls, args.repeats
@@ -262,8 +269,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("| set-up | wall time (s) | added per syscall (ns) | events received | lost | reader CPU per event (ns) | events/s per core of reader CPU |");
     println!("|---|---|---|---|---|---|---|");
     for row in &rows {
-        let wall = median(row.walls.clone());
-        let added = if row.name == "no tracing" {
+        let wall = row.wall;
+        let added = if row.baseline {
             "-".to_string()
         } else {
             format!("{:.0}", (wall - none) * 1e9 / syscalls as f64)

@@ -62,8 +62,10 @@ pub enum EventsError {
     UnknownSyscall(String),
     #[error("writing events: {0}")]
     Output(#[source] std::io::Error),
-    #[error("setting up signal handling or ring buffer polling: {0}")]
+    #[error("setting up signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("registering the ring buffer for polling: {0}")]
+    RingPoll(#[source] std::io::Error),
 }
 
 /// The summary printed at the end (last stdout line, `"kind": "summary"`).
@@ -146,7 +148,7 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
             tokio::io::Interest::READABLE,
         )
     }
-    .map_err(|e| EventsError::Signal(std::io::Error::other(e.to_string())))?;
+    .map_err(|e| EventsError::RingPoll(e.into_parts().1))?;
     let clock = WallClock::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(EventsError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(EventsError::Signal)?;
