@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: set-up, format and lint checks, unit tests, then the privileged
-# kernel integration tests (root; one at a time since they share kernel state).
+# kernel integration tests and the end-to-end OTLP tests (root; one at a time since they
+# share kernel state).
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup
+KSPAN_SETUP_TEST=1 scripts/setup
 echo "[test] cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "[test] cargo clippy -D warnings" >&2
@@ -14,3 +15,5 @@ echo "[test] kernel integration tests (root, one at a time)" >&2
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo -E env PATH=$PATH"; fi
 $SUDO cargo test -p agent --test kernel -- --test-threads=1
+echo "[test] end-to-end OTLP tests (root; real kernel -> kspan run -> Python OTLP receiver)" >&2
+$SUDO cargo test -p agent --test otlp -- --test-threads=1

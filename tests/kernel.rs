@@ -3,74 +3,16 @@
 //! Run as root, one at a time (they share kernel state):
 //! `cargo test -p agent --test kernel -- --test-threads=1`.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-const KSPAN: &str = env!("CARGO_BIN_EXE_kspan");
+mod common;
 
-fn triggers_py() -> String {
-    format!("{}/../tests/triggers.py", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the kernel integration tests load eBPF programs: run them as root"
-    );
-}
-
-/// A trigger process waiting for "go".
-struct Trigger {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Trigger {
-    fn spawn(action: &str, arg: Option<u64>) -> Trigger {
-        let mut cmd = Command::new("python3");
-        cmd.arg(triggers_py()).arg(action);
-        if let Some(a) = arg {
-            cmd.arg(a.to_string());
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn python3 trigger");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("trigger ready line");
-        assert_eq!(line.trim(), "ready");
-        Trigger {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Lets the trigger act; returns what it reports.
-    fn go(mut self) -> Value {
-        self.stdin.write_all(b"go\n").expect("write go");
-        self.stdin.flush().expect("flush");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("trigger result");
-        let status = self.child.wait().expect("wait trigger");
-        assert!(status.success(), "trigger failed: {status}");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad trigger output {line:?}: {e}"))
-    }
-}
+use common::{require_root, Trigger, KSPAN};
 
 /// A running `kspan events`.
 struct Kspan {

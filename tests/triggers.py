@@ -77,6 +77,61 @@ def refused(family, host):
     return {"port": port}
 
 
+def story():
+    """A 20 ms sleep in a thread, a failed open, then a loopback connection whose two ends
+    each wait ~30 ms in recv on the connection's socket (client thread and server thread)."""
+    out = sleep_thread()
+    out.update(openat_missing())
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    client = {}
+
+    def client_body():
+        client["tid"] = threading.get_native_id()
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        c.connect(("127.0.0.1", port))
+        client["port"] = c.getsockname()[1]
+        client["fd"] = c.fileno()
+        assert c.recv(4) == b"pong"  # waits for the server's 30 ms pause
+        time.sleep(0.030)
+        c.sendall(b"ping")
+        time.sleep(0.030)
+        c.close()
+
+    t = threading.Thread(target=client_body)
+    t.start()
+    conn, _ = srv.accept()
+    time.sleep(0.030)
+    conn.sendall(b"pong")
+    assert conn.recv(4) == b"ping"  # waits for the client's 30 ms pause
+    server_fd = conn.fileno()
+    t.join()
+    conn.close()
+    srv.close()
+    time.sleep(0.05)
+    out.update({"listen_port": port, "client_port": client["port"],
+                "client_tid": client["tid"], "client_fd": client["fd"],
+                "server_tid": threading.get_native_id(), "server_fd": server_fd,
+                "pid": os.getpid()})
+    return out
+
+
+def ticker(seconds):
+    """A failed openat every 5 ms for `seconds`: a steady stream of error spans."""
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.open("/nonexistent/kspan-tick", os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        n += 1
+        time.sleep(0.005)
+    return {"n": n}
+
+
 def getppid(n):
     for _ in range(n):
         os.getppid()
@@ -102,6 +157,10 @@ def main():
         out = refused(socket.AF_INET, "127.0.0.1")
     elif action == "refused6":
         out = refused(socket.AF_INET6, "::1")
+    elif action == "story":
+        out = story()
+    elif action == "ticker":
+        out = ticker(arg)
     elif action == "getppid":
         out = getppid(arg)
     else:

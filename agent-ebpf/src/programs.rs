@@ -554,9 +554,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             let (owner, flags) = match unsafe { LISTENERS.get(&sport) } {
                 Some(o) => (*o, TCP_FLAG_PASSIVE),
                 None => {
-                    // Filters in force and the listener unknown: not ours to report.
+                    // Filters in force and the listener unknown: not ours to report, now
+                    // or at close.
                     if setting_u32(&FILTER_FLAGS) & (FILTER_PID | FILTER_COMM | FILTER_CGROUP) != 0
                     {
+                        let _ = CONNS.remove(&skaddr);
                         return Ok(());
                     }
                     (
@@ -619,6 +621,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 return Ok(());
             };
             let _ = CONNS.remove(&skaddr);
+            // A passive open that never reached ESTABLISHED (handshake failed): no
+            // connection was reported, so no close either.
+            if conn.owner.pid_tgid == 0 && conn.flags & TCP_FLAG_PASSIVE == 0 {
+                return Ok(());
+            }
             emit_tcp(
                 ctx,
                 EventKind::TcpClose,

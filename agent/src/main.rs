@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use agent::{
     check,
-    cmd::{events, Cli, Command},
+    cmd::{events, run, Cli, Command},
 };
 use clap::Parser;
 
@@ -58,6 +58,27 @@ fn main() -> ExitCode {
                 }
             };
             match rt.block_on(events::run(args)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kspan: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run(args) => {
+            // Two workers: the reader and span builder on one, encoding and export on the other.
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kspan: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run::run(args)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kspan: error: {e}");

@@ -14,10 +14,8 @@ use crate::{
     decode,
     event::JsonEvent,
     names,
+    source::RingReady,
 };
-
-/// Default interval between two drains of the ring buffer.
-pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Args, Clone)]
 pub struct EventsArgs {
@@ -140,15 +138,7 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
         (false, false) => capture::SyscallHook::RawTracepoint,
     };
     let mut capture = Capture::start(config)?;
-    // SAFETY: the fd stays open while `ring` lives: `capture` owns it and outlives `ring`,
-    // which is dropped before the capture is detached or dropped.
-    let ring = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(
-            RingFd(capture.ring_fd()),
-            tokio::io::Interest::READABLE,
-        )
-    }
-    .map_err(|e| EventsError::RingPoll(e.into_parts().1))?;
+    let mut ready = RingReady::new(&capture, args.drain_interval).map_err(EventsError::RingPoll)?;
     let clock = WallClock::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(EventsError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(EventsError::Signal)?;
@@ -164,19 +154,13 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
     };
 
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(args.drain_interval.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let sleep_until =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = tick.tick() => {
+            _ = ready.ready() => {
                 capture.drain(|b| sink.emit(b));
                 if let Err(e) = sink.out.flush() { sink.io_error.get_or_insert(e); }
-            }
-            guard = ring.readable() => {
-                capture.drain(|b| sink.emit(b));
-                if let Ok(mut g) = guard { g.clear_ready(); }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -186,7 +170,7 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
             break;
         }
     }
-    drop(ring);
+    drop(ready);
     // Detach first so nothing new arrives, then drain what is left and count.
     capture.detach();
     capture.drain(|b| sink.emit(b));
@@ -242,14 +226,5 @@ impl<W: Write> JsonSink<W> {
                 log::debug!("undecodable record: {e}");
             }
         }
-    }
-}
-
-/// The ring buffer fd, for tokio's readiness polling (the fd is owned by the capture).
-struct RingFd(std::os::fd::RawFd);
-
-impl std::os::fd::AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
     }
 }

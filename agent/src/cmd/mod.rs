@@ -1,5 +1,6 @@
 //! Command-line interface: argument types and one entry point per subcommand.
 pub mod events;
+pub mod run;
 
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub enum Command {
     },
     /// Stream decoded kernel events as JSON lines on stdout.
     Events(events::EventsArgs),
+    /// Trace and export spans over OTLP (or as OTLP JSON lines on stdout).
+    Run(run::RunArgs),
 }
 
 /// Filters shared by the capturing commands.

@@ -1,0 +1,445 @@
+//! The agent's YAML configuration (`kspan run --config FILE`). Every section rejects unknown
+//! keys; command-line flags override the file (see `cmd::run`). Defaults live in named
+//! constants next to the field they fill.
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Spans per export request.
+pub const DEFAULT_BATCH_SIZE: usize = 512;
+/// Longest a span waits for its batch to fill.
+pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Spans held between span building and a successful export (includes batches waiting for a
+/// retry while the collector is away). Beyond it new spans are dropped and counted.
+pub const DEFAULT_QUEUE_SPANS: usize = 16_384;
+/// How long a batch is retried before it is dropped and counted as failed.
+pub const DEFAULT_RETRY_MAX_ELAPSED: Duration = Duration::from_secs(60);
+/// Time allowed to flush on SIGTERM before exiting.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default minimum duration for a syscall to become a span (failed ones always do).
+pub const DEFAULT_MIN_DURATION: Duration = Duration::from_millis(1);
+/// Default metrics address: loopback only.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureSection,
+    pub exporter: ExporterSection,
+    pub pipeline: PipelineSection,
+    pub resource: ResourceSection,
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// Only these processes (tgids).
+    pub pids: Vec<u32>,
+    /// Only tasks with these command names.
+    pub comms: Vec<String>,
+    /// Only tasks in this cgroup v2 (path under /sys/fs/cgroup or numeric id).
+    pub cgroup: Option<String>,
+    /// Only these syscalls (names); empty: all.
+    pub syscalls: Vec<String>,
+    /// Syscalls shorter than this only count in the kernel's histograms.
+    #[serde(with = "duration_str")]
+    pub min_duration: Duration,
+    /// Failed syscalls become spans even when shorter than `min_duration`.
+    pub failed_syscalls: bool,
+    /// Trace syscalls.
+    pub syscall_spans: bool,
+    /// Trace TCP connections.
+    pub tcp: bool,
+    /// Ring buffer size in bytes (a power of two, >= 4096).
+    pub ring_buffer_bytes: u32,
+    /// How often the ring buffer is drained.
+    #[serde(with = "duration_str")]
+    pub drain_interval: Duration,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        CaptureSection {
+            pids: Vec::new(),
+            comms: Vec::new(),
+            cgroup: None,
+            syscalls: Vec::new(),
+            min_duration: DEFAULT_MIN_DURATION,
+            failed_syscalls: true,
+            syscall_spans: true,
+            tcp: true,
+            ring_buffer_bytes: crate::capture::DEFAULT_RING_BUFFER_BYTES,
+            drain_interval: crate::source::DEFAULT_DRAIN_INTERVAL,
+        }
+    }
+}
+
+/// Where spans go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExporterKind {
+    /// OTLP to a collector (gRPC or HTTP).
+    Otlp,
+    /// OTLP JSON, one export request per line, on stdout.
+    Stdout,
+    /// Build spans and count them, export nothing (for measuring).
+    None,
+}
+
+/// OTLP transport, as in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+pub enum Protocol {
+    #[serde(rename = "grpc")]
+    #[value(name = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    #[value(name = "http/json")]
+    HttpJson,
+}
+
+impl Protocol {
+    /// Parses the value of `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn from_env_value(v: &str) -> Option<Protocol> {
+        match v.trim() {
+            "grpc" => Some(Protocol::Grpc),
+            "http/protobuf" => Some(Protocol::HttpProtobuf),
+            "http/json" => Some(Protocol::HttpJson),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    None,
+}
+
+/// Exporter settings. Unset OTLP fields fall back to the standard `OTEL_EXPORTER_OTLP_*`
+/// environment variables, then to the OTLP defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExporterSection {
+    /// Default: `otlp` when an endpoint is configured (here or in the environment), else
+    /// `stdout`.
+    pub kind: Option<ExporterKind>,
+    /// Collector endpoint, e.g. `http://collector:4317` (gRPC) or `http://collector:4318`
+    /// (HTTP; `/v1/traces` is appended unless the traces endpoint variable is used).
+    pub endpoint: Option<String>,
+    pub protocol: Option<Protocol>,
+    /// Extra request headers (gRPC metadata), e.g. an API key.
+    pub headers: BTreeMap<String, String>,
+    pub compression: Option<Compression>,
+    /// Time allowed for one export, retries inside it included.
+    #[serde(with = "opt_duration_str")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    pub batch_size: usize,
+    #[serde(with = "duration_str")]
+    pub batch_timeout: Duration,
+    pub queue_spans: usize,
+    #[serde(with = "duration_str")]
+    pub retry_max_elapsed: Duration,
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PipelineSection {
+    fn default() -> Self {
+        PipelineSection {
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_timeout: DEFAULT_BATCH_TIMEOUT,
+            queue_spans: DEFAULT_QUEUE_SPANS,
+            retry_max_elapsed: DEFAULT_RETRY_MAX_ELAPSED,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceSection {
+    /// Added to every resource (after `OTEL_RESOURCE_ATTRIBUTES`).
+    pub attributes: BTreeMap<String, String>,
+    /// `service.name` by executable name (e.g. `nginx: web-frontend`); wins over the process's
+    /// own `OTEL_SERVICE_NAME`.
+    pub service_names: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Prometheus metrics and health endpoints; `null`/empty to disable.
+    pub addr: Option<String>,
+    /// Interval of the one-line summary in the log.
+    #[serde(with = "duration_str")]
+    pub log_interval: Duration,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            addr: Some(DEFAULT_METRICS_ADDR.to_string()),
+            log_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and parses a YAML file. Errors name the file, the key and its line.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses YAML text; an empty document is the default config.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_norway::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            // serde_norway leaves the position out for some top-level errors: find the key.
+            match unknown_field(&msg).and_then(|k| key_line(text, k)) {
+                Some(line) if !msg.contains(" line ") => format!("{msg} at line {line}"),
+                _ => msg,
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.pipeline;
+        if p.batch_size == 0 {
+            return Err(ConfigError::Invalid(
+                "pipeline.batch_size must be > 0".into(),
+            ));
+        }
+        if p.queue_spans < p.batch_size {
+            return Err(ConfigError::Invalid(format!(
+                "pipeline.queue_spans ({}) must be >= pipeline.batch_size ({})",
+                p.queue_spans, p.batch_size
+            )));
+        }
+        if p.batch_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "pipeline.batch_timeout must be > 0".into(),
+            ));
+        }
+        if let Some(e) = &self.exporter.endpoint {
+            validate_endpoint(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// The key named by an "unknown field `key`" message.
+fn unknown_field(msg: &str) -> Option<&str> {
+    let rest = msg.split("unknown field `").nth(1)?;
+    rest.split('`').next()
+}
+
+/// 1-based line of the first `key:` in the text.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.strip_prefix(key)
+                .or_else(|| t.strip_prefix(&format!("\"{key}\"")))
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
+}
+
+/// An endpoint must be an absolute http(s) URL with a host.
+pub fn validate_endpoint(e: &str) -> Result<(), ConfigError> {
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "exporter endpoint {e:?} must start with http:// or https:// (e.g. http://localhost:4317)"
+            ))
+        })?;
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err(ConfigError::Invalid(format!(
+            "exporter endpoint {e:?} has no host (e.g. http://localhost:4317)"
+        )));
+    }
+    if let Some((_, port)) = host.rsplit_once(':') {
+        if !host.ends_with(']') && port.parse::<u16>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "exporter endpoint {e:?} has a bad port {port:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Durations written as `20ms`, `1s`, `5m` or a number of nanoseconds.
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Duration::from_nanos(n)),
+            Raw::S(s) => crate::cmd::parse_duration(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod opt_duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration_str::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert_eq!(Config::parse("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::parse(
+            r#"
+capture:
+  comms: [nginx]
+  min_duration: 5ms
+  tcp: false
+exporter:
+  kind: otlp
+  endpoint: http://localhost:4317
+  protocol: grpc
+  headers: {x-api-key: secret}
+  compression: gzip
+  timeout: 3s
+pipeline:
+  batch_size: 100
+  batch_timeout: 200ms
+resource:
+  attributes: {deployment.environment: prod}
+  service_names: {nginx: web}
+metrics:
+  addr: 127.0.0.1:9999
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.capture.comms, vec!["nginx"]);
+        assert_eq!(c.capture.min_duration, Duration::from_millis(5));
+        assert!(!c.capture.tcp);
+        assert_eq!(c.exporter.kind, Some(ExporterKind::Otlp));
+        assert_eq!(c.exporter.protocol, Some(Protocol::Grpc));
+        assert_eq!(c.exporter.headers["x-api-key"], "secret");
+        assert_eq!(c.exporter.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.pipeline.batch_size, 100);
+        assert_eq!(c.pipeline.queue_spans, DEFAULT_QUEUE_SPANS);
+        assert_eq!(c.resource.service_names["nginx"], "web");
+        assert_eq!(c.metrics.addr.as_deref(), Some("127.0.0.1:9999"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = Config::parse("capture:\n  min_duration: 1ms\n  colour: blue\n").unwrap_err();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = Config::parse("# kspan\nexporters:\n  kind: otlp\n").unwrap_err();
+        assert!(
+            e.contains("unknown field `exporters`") && e.contains("line 2"),
+            "{e}"
+        );
+        let e = Config::parse("exporters:\n  kind: otlp\n").unwrap_err();
+        assert!(e.ends_with("at line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let e = Config::parse("capture:\n  min_duration: soon\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::parse("exporter:\n  protocol: udp\n").unwrap_err();
+        assert!(e.contains("unknown variant `udp`"), "{e}");
+        let c = Config::parse("pipeline:\n  batch_size: 0\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn endpoints() {
+        for ok in [
+            "http://localhost:4317",
+            "https://collector.example:443/v1/traces",
+            "http://[::1]:4318",
+            "http://10.0.0.1",
+        ] {
+            validate_endpoint(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "localhost:4317",
+            "http://",
+            "http://:4317",
+            "http://host:port",
+            "ftp://x",
+        ] {
+            assert!(validate_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Open TCP connections and the sockets that belong to them, so that syscalls a process makes
+//! on a connection's fd become children of the connection's span.
+//!
+//! The kernel reports connections by socket address (`skaddr`) and 4-tuple; syscalls report
+//! an fd. The link is made in userspace, lazily and only for processes that have an open
+//! traced connection: `/proc/<pid>/fd/<fd>` names the socket inode, and
+//! `/proc/<pid>/net/tcp{,6}` maps the inode to its 4-tuple. Results are cached per (pid, fd)
+//! until the connection closes; fds that are not traced sockets are remembered too, and
+//! forgotten when the process opens a new traced connection (the fd may have been reused).
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use opentelemetry::trace::SpanContext;
+
+/// Most connections followed at once; beyond it new connections get no children.
+pub const MAX_CONNS: usize = 65_536;
+/// Most (pid, fd) results cached; beyond it negative results are forgotten.
+pub const MAX_FDS: usize = 131_072;
+
+/// A connection's local and remote ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Tuple {
+    pub fn new(local: SocketAddr, remote: SocketAddr) -> Tuple {
+        let canon = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        Tuple {
+            local: canon(local),
+            remote: canon(remote),
+        }
+    }
+}
+
+/// Finds the 4-tuple of a process's socket fd.
+pub trait FdResolver: Send {
+    fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple>;
+}
+
+/// Resolves through /proc.
+pub struct ProcFdResolver {
+    pub proc_root: PathBuf,
+}
+
+impl Default for ProcFdResolver {
+    fn default() -> Self {
+        ProcFdResolver {
+            proc_root: "/proc".into(),
+        }
+    }
+}
+
+impl FdResolver for ProcFdResolver {
+    fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple> {
+        let dir = self.proc_root.join(pid.to_string());
+        let link = std::fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
+        let inode: u64 = link
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()?;
+        for f in ["net/tcp", "net/tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(f)) {
+                if let Some(t) = find_inode(&text, inode) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Looks up a socket inode in the text of /proc/net/tcp or tcp6.
+pub fn find_inode(text: &str, inode: u64) -> Option<Tuple> {
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[9].parse::<u64>().ok() != Some(inode) {
+            continue;
+        }
+        return Some(Tuple::new(parse_proc_addr(f[1])?, parse_proc_addr(f[2])?));
+    }
+    None
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits + port (IPv6): the address as the kernel's u32
+/// words in host byte order, the port in hex.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+struct Open {
+    ctx: SpanContext,
+    pid: u32,
+    tuple: Tuple,
+    fds: Vec<u64>,
+}
+
+enum FdState {
+    Conn(u64),
+    NotTraced,
+}
+
+/// The connection table.
+pub struct Conns<R: FdResolver> {
+    resolver: R,
+    by_sk: HashMap<u64, Open>,
+    by_tuple: HashMap<Tuple, u64>,
+    fds: HashMap<(u32, u64), FdState>,
+    open_per_pid: HashMap<u32, u32>,
+    /// Connections not followed because the table was full.
+    pub table_full: u64,
+    /// fd lookups through the resolver.
+    pub lookups: u64,
+}
+
+impl<R: FdResolver> Conns<R> {
+    pub fn new(resolver: R) -> Conns<R> {
+        Conns {
+            resolver,
+            by_sk: HashMap::new(),
+            by_tuple: HashMap::new(),
+            fds: HashMap::new(),
+            open_per_pid: HashMap::new(),
+            table_full: 0,
+            lookups: 0,
+        }
+    }
+
+    /// A connection was established (connect or accept) by `pid`, with span `ctx`.
+    pub fn open(&mut self, skaddr: u64, pid: u32, tuple: Tuple, ctx: SpanContext) {
+        if self.by_sk.contains_key(&skaddr) {
+            self.close(skaddr);
+        }
+        if self.by_sk.len() >= MAX_CONNS {
+            self.table_full += 1;
+            return;
+        }
+        if pid != 0 {
+            // An fd of this process that was not a traced socket may now be this one.
+            self.fds
+                .retain(|&(p, _), s| p != pid || !matches!(s, FdState::NotTraced));
+            *self.open_per_pid.entry(pid).or_default() += 1;
+        }
+        self.by_tuple.insert(tuple, skaddr);
+        self.by_sk.insert(
+            skaddr,
+            Open {
+                ctx,
+                pid,
+                tuple,
+                fds: Vec::new(),
+            },
+        );
+    }
+
+    /// The connection's span, if it is followed; forgets the connection.
+    pub fn close(&mut self, skaddr: u64) -> Option<SpanContext> {
+        let open = self.by_sk.remove(&skaddr)?;
+        if self.by_tuple.get(&open.tuple) == Some(&skaddr) {
+            self.by_tuple.remove(&open.tuple);
+        }
+        for fd in &open.fds {
+            self.fds.remove(&(open.pid, *fd));
+        }
+        if let Some(n) = self.open_per_pid.get_mut(&open.pid) {
+            *n -= 1;
+            if *n == 0 {
+                self.open_per_pid.remove(&open.pid);
+                self.fds.retain(|&(p, _), _| p != open.pid);
+            }
+        }
+        Some(open.ctx)
+    }
+
+    /// The span of the open connection behind `pid`'s `fd`, if any.
+    pub fn parent_of_fd(&mut self, pid: u32, fd: u64) -> Option<SpanContext> {
+        if !self.open_per_pid.contains_key(&pid) {
+            return None;
+        }
+        match self.fds.get(&(pid, fd)) {
+            Some(FdState::Conn(sk)) => return self.by_sk.get(sk).map(|o| o.ctx.clone()),
+            Some(FdState::NotTraced) => return None,
+            None => {}
+        }
+        self.lookups += 1;
+        let sk = self
+            .resolver
+            .resolve(pid, fd)
+            .and_then(|t| self.by_tuple.get(&t).copied());
+        if self.fds.len() >= MAX_FDS {
+            self.fds.retain(|_, s| matches!(s, FdState::Conn(_)));
+        }
+        match sk.and_then(|sk| self.by_sk.get_mut(&sk).map(|o| (sk, o))) {
+            Some((sk, open)) => {
+                open.fds.push(fd);
+                let ctx = open.ctx.clone();
+                self.fds.insert((pid, fd), FdState::Conn(sk));
+                Some(ctx)
+            }
+            None => {
+                self.fds.insert((pid, fd), FdState::NotTraced);
+                None
+            }
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.by_sk.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 20 4 30 10 -1
+";
+    const TCP6: &str = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:B2A4 01 00000000:00000000 00:00000000 00000000     0        0 777 1 0000000000000000 20 4 1 10 -1
+   1: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000100007F:C000 01 00000000:00000000 00:00000000 00000000     0        0 778 1 0000000000000000 20 4 1 10 -1
+";
+
+    #[test]
+    fn proc_net_tcp_parsing() {
+        let t = find_inode(TCP, 4242).unwrap();
+        assert_eq!(t.local, "127.0.0.1:54321".parse().unwrap());
+        assert_eq!(t.remote, "127.0.0.1:8080".parse().unwrap());
+        let t = find_inode(TCP6, 777).unwrap();
+        assert_eq!(t.local, "[::1]:8080".parse().unwrap());
+        assert_eq!(t.remote, "[::1]:45732".parse().unwrap());
+        // v4-mapped v6 addresses compare equal to the v4 form the kernel reports for v4.
+        let t = find_inode(TCP6, 778).unwrap();
+        assert_eq!(t.local, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(find_inode(TCP, 1), None);
+        assert_eq!(find_inode("garbage\n1: zz:zz", 1), None);
+    }
+
+    struct Fixed(HashMap<(u32, u64), Tuple>, u32);
+    impl FdResolver for Fixed {
+        fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple> {
+            self.1 += 1;
+            self.0.get(&(pid, fd)).copied()
+        }
+    }
+
+    fn ctx(n: u8) -> SpanContext {
+        SpanContext::new(
+            TraceId::from_bytes([n; 16]),
+            SpanId::from_bytes([n; 8]),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+
+    #[test]
+    fn fds_map_to_open_connections_only() {
+        let a = Tuple::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        let mut m = HashMap::new();
+        m.insert((10, 3), a);
+        let mut c = Conns::new(Fixed(m, 0));
+        // No open connection for pid 10: no lookup at all.
+        assert!(c.parent_of_fd(10, 3).is_none());
+        assert_eq!(c.resolver.1, 0);
+        c.open(0xa, 10, a, ctx(1));
+        assert_eq!(c.parent_of_fd(10, 3), Some(ctx(1)));
+        assert_eq!(c.parent_of_fd(10, 3), Some(ctx(1)));
+        assert_eq!(c.resolver.1, 1, "cached");
+        // fd 4 is not a traced socket: looked up once, then remembered.
+        assert!(c.parent_of_fd(10, 4).is_none());
+        assert!(c.parent_of_fd(10, 4).is_none());
+        assert_eq!(c.resolver.1, 2);
+        // Other processes are not looked up.
+        assert!(c.parent_of_fd(11, 3).is_none());
+        assert_eq!(c.resolver.1, 2);
+        assert_eq!(c.close(0xa), Some(ctx(1)));
+        assert!(c.parent_of_fd(10, 3).is_none());
+        assert_eq!(c.open_count(), 0);
+        assert_eq!(c.close(0xa), None);
+    }
+
+    #[test]
+    fn new_connection_forgets_negative_results() {
+        let a = Tuple::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        let b = Tuple::new(
+            "127.0.0.1:5001".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        let mut m = HashMap::new();
+        m.insert((10, 3), a);
+        let mut c = Conns::new(Fixed(m, 0));
+        c.open(0xa, 10, a, ctx(1));
+        assert!(c.parent_of_fd(10, 5).is_none());
+        // fd 5 becomes a socket of a new connection.
+        c.resolver.0.insert((10, 5), b);
+        c.open(0xb, 10, b, ctx(2));
+        assert_eq!(c.parent_of_fd(10, 5), Some(ctx(2)));
+        assert_eq!(c.parent_of_fd(10, 3), Some(ctx(1)));
+    }
+}

@@ -1,0 +1,476 @@
+//! The export stage: batches spans by size and time, exports each batch (one request per
+//! process resource in it) through a [`SpanSink`], and keeps failed batches for retry while
+//! the collector is away.
+//!
+//! Queue policy: at most `pipeline.queue_spans` spans wait here (retry batch included). When
+//! the queue is full the stage stops reading its input channel; the span builder then finds
+//! the channel full and drops the newest spans, counted as `queue_full`. Batches that still
+//! fail after `pipeline.retry_max_elapsed` (or at the shutdown deadline) are counted as
+//! `export_failed`. Nothing is dropped without being counted.
+use std::{
+    collections::{HashMap, VecDeque},
+    io::Write,
+    sync::Arc,
+    time::Duration,
+};
+
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_proto::{
+    tonic::collector::trace::v1::ExportTraceServiceRequest,
+    transform::{
+        common::tonic::ResourceAttributesWithSchema,
+        trace::tonic::group_spans_by_resource_and_scope,
+    },
+};
+use opentelemetry_sdk::{
+    trace::{SpanData, SpanExporter as _},
+    Resource,
+};
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    config::{Compression, ExporterKind, ExporterSection, PipelineSection, Protocol},
+    metrics::{DropReason, Stats},
+    spans::Built,
+};
+
+/// First delay before a failed batch is retried; doubles up to `MAX_RETRY_DELAY`.
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot set up the OTLP exporter: {0}")]
+    Build(String),
+    #[error("bad header {name:?} for the exporter: {why}")]
+    Header { name: String, why: String },
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL (or _TRACES_PROTOCOL) is {0:?}; use grpc, http/protobuf or http/json")]
+    EnvProtocol(String),
+}
+
+/// Where batches go.
+pub enum SpanSink {
+    Otlp(Box<opentelemetry_otlp::SpanExporter>),
+    Stdout(std::io::Stdout),
+    Discard,
+}
+
+/// What the exporter resolved to, for the start-up log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkDescription {
+    pub kind: ExporterKind,
+    pub protocol: Option<Protocol>,
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Display for SinkDescription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ExporterKind::Stdout => write!(f, "stdout (OTLP JSON lines)"),
+            ExporterKind::None => write!(f, "none (spans are built and counted, not sent)"),
+            ExporterKind::Otlp => write!(
+                f,
+                "OTLP {} to {}",
+                match self.protocol {
+                    Some(Protocol::Grpc) => "gRPC",
+                    Some(Protocol::HttpJson) => "HTTP/JSON",
+                    _ => "HTTP/protobuf",
+                },
+                self.endpoint
+                    .as_deref()
+                    .unwrap_or("(from OTEL_EXPORTER_OTLP_* variables)")
+            ),
+        }
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The exporter kind when none is configured: OTLP when an endpoint is set (config or the
+/// standard variables), else stdout.
+pub fn default_kind(cfg: &ExporterSection) -> ExporterKind {
+    let env_endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    if cfg.endpoint.is_some() || env_endpoint.is_some() {
+        ExporterKind::Otlp
+    } else {
+        ExporterKind::Stdout
+    }
+}
+
+/// Protocol: config, then `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, then `http/protobuf` (the OTLP default).
+pub fn resolve_protocol(cfg: &ExporterSection) -> Result<Protocol, ExportError> {
+    if let Some(p) = cfg.protocol {
+        return Ok(p);
+    }
+    for var in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(v) = env_nonempty(var) {
+            return Protocol::from_env_value(&v).ok_or(ExportError::EnvProtocol(v));
+        }
+    }
+    Ok(Protocol::HttpProtobuf)
+}
+
+/// An HTTP endpoint given as a base URL gets the traces path, as the OTLP
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` rules say.
+fn http_traces_url(endpoint: &str) -> String {
+    let scheme_end = endpoint.find("://").map_or(0, |i| i + 3);
+    let path = endpoint[scheme_end..]
+        .find('/')
+        .map(|i| &endpoint[scheme_end + i..]);
+    match path {
+        None | Some("/") => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+        Some(_) => endpoint.to_string(),
+    }
+}
+
+impl SpanSink {
+    pub fn build(cfg: &ExporterSection) -> Result<(SpanSink, SinkDescription), ExportError> {
+        let kind = cfg.kind.unwrap_or_else(|| default_kind(cfg));
+        match kind {
+            ExporterKind::Stdout => Ok((
+                SpanSink::Stdout(std::io::stdout()),
+                SinkDescription {
+                    kind,
+                    protocol: None,
+                    endpoint: None,
+                },
+            )),
+            ExporterKind::None => Ok((
+                SpanSink::Discard,
+                SinkDescription {
+                    kind,
+                    protocol: None,
+                    endpoint: None,
+                },
+            )),
+            ExporterKind::Otlp => {
+                let protocol = resolve_protocol(cfg)?;
+                let compression = cfg.compression.and_then(|c| match c {
+                    Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+                    Compression::None => None,
+                });
+                let exporter = match protocol {
+                    Protocol::Grpc => {
+                        let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                        if let Some(e) = &cfg.endpoint {
+                            b = b.with_endpoint(e.clone());
+                        }
+                        if let Some(t) = cfg.timeout {
+                            b = b.with_timeout(t);
+                        }
+                        if let Some(c) = compression {
+                            b = b.with_compression(c);
+                        }
+                        if !cfg.headers.is_empty() {
+                            let mut map =
+                                opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
+                            for (k, v) in &cfg.headers {
+                                let key = k
+                                    .to_ascii_lowercase()
+                                    .parse::<tonic::metadata::MetadataKey<_>>()
+                                    .map_err(|e| ExportError::Header {
+                                        name: k.clone(),
+                                        why: e.to_string(),
+                                    })?;
+                                let val = v.parse().map_err(|_| ExportError::Header {
+                                    name: k.clone(),
+                                    why: "the value is not valid in a header".into(),
+                                })?;
+                                map.insert(key, val);
+                            }
+                            b = b.with_metadata(map);
+                        }
+                        b.build()
+                    }
+                    Protocol::HttpProtobuf | Protocol::HttpJson => {
+                        let mut b = opentelemetry_otlp::SpanExporter::builder()
+                            .with_http()
+                            .with_protocol(if protocol == Protocol::HttpJson {
+                                opentelemetry_otlp::Protocol::HttpJson
+                            } else {
+                                opentelemetry_otlp::Protocol::HttpBinary
+                            });
+                        if let Some(e) = &cfg.endpoint {
+                            b = b.with_endpoint(http_traces_url(e));
+                        }
+                        if let Some(t) = cfg.timeout {
+                            b = b.with_timeout(t);
+                        }
+                        if let Some(c) = compression {
+                            b = b.with_compression(c);
+                        }
+                        if !cfg.headers.is_empty() {
+                            b = b.with_headers(cfg.headers.clone().into_iter().collect());
+                        }
+                        b.build()
+                    }
+                }
+                .map_err(|e| ExportError::Build(e.to_string()))?;
+                Ok((
+                    SpanSink::Otlp(Box::new(exporter)),
+                    SinkDescription {
+                        kind,
+                        protocol: Some(protocol),
+                        endpoint: cfg.endpoint.clone(),
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Exports spans of one resource. Errors are the exporter's message.
+    pub async fn export(
+        &mut self,
+        resource: &Resource,
+        spans: Vec<SpanData>,
+    ) -> Result<(), String> {
+        match self {
+            SpanSink::Otlp(e) => {
+                e.set_resource(resource);
+                e.export(spans).await.map_err(|e| e.to_string())
+            }
+            SpanSink::Stdout(out) => {
+                let req = ExportTraceServiceRequest {
+                    resource_spans: group_spans_by_resource_and_scope(
+                        spans,
+                        &ResourceAttributesWithSchema::from(resource),
+                    ),
+                };
+                let mut line = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+                line.push(b'\n');
+                let mut lock = out.lock();
+                lock.write_all(&line)
+                    .and_then(|_| lock.flush())
+                    .map_err(|e| format!("writing to stdout: {e}"))
+            }
+            SpanSink::Discard => Ok(()),
+        }
+    }
+
+    pub fn shutdown(&mut self) {
+        if let SpanSink::Otlp(e) = self {
+            let _ = e.shutdown();
+        }
+    }
+}
+
+/// A failed batch waiting for its next attempt.
+struct Retry {
+    spans: Vec<Built>,
+    first_failure: Instant,
+    next_at: Instant,
+    delay: Duration,
+}
+
+/// The export stage.
+pub struct ExportStage {
+    sink: SpanSink,
+    rx: mpsc::Receiver<Vec<Built>>,
+    cfg: PipelineSection,
+    stats: Arc<Stats>,
+    queue: VecDeque<Built>,
+    retry: Option<Retry>,
+    last_error: Option<String>,
+}
+
+impl ExportStage {
+    pub fn new(
+        sink: SpanSink,
+        rx: mpsc::Receiver<Vec<Built>>,
+        cfg: PipelineSection,
+        stats: Arc<Stats>,
+    ) -> ExportStage {
+        ExportStage {
+            sink,
+            rx,
+            cfg,
+            stats,
+            queue: VecDeque::new(),
+            retry: None,
+            last_error: None,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.queue.len() + self.retry.as_ref().map_or(0, |r| r.spans.len())
+    }
+
+    /// Runs until the input channel closes, then flushes within `shutdown_timeout`.
+    pub async fn run(mut self) {
+        let mut next_flush = Instant::now() + self.cfg.batch_timeout;
+        loop {
+            let room = self.held() < self.cfg.queue_spans;
+            let wake = match &self.retry {
+                Some(r) => r.next_at,
+                None => next_flush,
+            };
+            tokio::select! {
+                chunk = self.rx.recv(), if room => match chunk {
+                    Some(c) => {
+                        self.queue.extend(c);
+                        // A chunk may overshoot the bound: the newest spans go, counted.
+                        let over = self.held().saturating_sub(self.cfg.queue_spans);
+                        if over > 0 {
+                            self.queue.truncate(self.queue.len() - over);
+                            self.stats.dropped(DropReason::QueueFull, over as u64);
+                        }
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            self.stats.set_queue(self.held());
+            let now = Instant::now();
+            if self.retry.as_ref().is_some_and(|r| r.next_at <= now) {
+                if let Some(r) = self.retry.take() {
+                    let prev = (r.first_failure, r.delay);
+                    self.attempt(r.spans, Some(prev), None).await;
+                }
+                continue;
+            }
+            if self.retry.is_some() {
+                continue;
+            }
+            if self.queue.len() >= self.cfg.batch_size
+                || (now >= next_flush && !self.queue.is_empty())
+            {
+                let n = self.queue.len().min(self.cfg.batch_size);
+                let batch: Vec<Built> = self.queue.drain(..n).collect();
+                self.attempt(batch, None, None).await;
+            }
+            if now >= next_flush {
+                next_flush = now + self.cfg.batch_timeout;
+            }
+        }
+        self.flush_at_shutdown().await;
+    }
+
+    async fn flush_at_shutdown(&mut self) {
+        let deadline = Instant::now() + self.cfg.shutdown_timeout;
+        while self.held() > 0 && Instant::now() < deadline {
+            let (batch, prev) = match self.retry.take() {
+                Some(r) => {
+                    tokio::time::sleep_until(r.next_at.min(deadline)).await;
+                    if Instant::now() >= deadline {
+                        self.retry = Some(r);
+                        break;
+                    }
+                    (r.spans, Some((r.first_failure, r.delay)))
+                }
+                None => {
+                    let n = self.queue.len().min(self.cfg.batch_size);
+                    (self.queue.drain(..n).collect(), None)
+                }
+            };
+            self.attempt(batch, prev, Some(deadline)).await;
+        }
+        let left = self.held() as u64;
+        if left > 0 {
+            log::warn!(
+                "shutdown deadline reached: {left} spans not exported (counted as export_failed)"
+            );
+            self.stats.dropped(DropReason::ExportFailed, left);
+            self.queue.clear();
+            self.retry = None;
+        }
+        self.stats.set_queue(0);
+        self.sink.shutdown();
+    }
+
+    /// Exports one batch, one request per resource; what fails is kept for retry or counted.
+    /// `prev`: when this batch first failed and the last retry delay.
+    async fn attempt(
+        &mut self,
+        batch: Vec<Built>,
+        prev: Option<(Instant, Duration)>,
+        deadline: Option<Instant>,
+    ) {
+        let mut groups: Vec<(Arc<crate::procinfo::ProcResource>, Vec<Built>)> = Vec::new();
+        let mut index: HashMap<u64, usize> = HashMap::new();
+        for b in batch {
+            let i = *index.entry(b.resource.id).or_insert_with(|| {
+                groups.push((b.resource.clone(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(b);
+        }
+        let mut failed: Vec<Built> = Vec::new();
+        for (res, spans) in groups {
+            let data: Vec<SpanData> = spans.iter().map(|b| b.span.clone()).collect();
+            let n = data.len() as u64;
+            let t0 = Instant::now();
+            let fut = self.sink.export(&res.resource, data);
+            let result = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err("shutdown deadline reached during export".to_string()),
+                },
+                None => fut.await,
+            };
+            let secs = t0.elapsed().as_secs_f64();
+            match result {
+                Ok(()) => {
+                    self.stats.add_exported(n, secs);
+                    if let Some(e) = self.last_error.take() {
+                        log::warn!("export works again (last error: {e})");
+                    }
+                }
+                Err(e) => {
+                    self.stats.export_failed_attempt(secs);
+                    if self.last_error.is_none() {
+                        log::warn!("export failed, will retry: {e}");
+                    }
+                    self.last_error = Some(e);
+                    failed.extend(spans);
+                }
+            }
+        }
+        if failed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (first_failure, delay) = match prev {
+            Some((first, delay)) => (first, (delay * 2).min(MAX_RETRY_DELAY)),
+            None => (now, FIRST_RETRY_DELAY),
+        };
+        if now.duration_since(first_failure) >= self.cfg.retry_max_elapsed {
+            log::warn!(
+                "dropping {} spans after retrying for {:?}: {}",
+                failed.len(),
+                self.cfg.retry_max_elapsed,
+                self.last_error.as_deref().unwrap_or("?")
+            );
+            self.stats
+                .dropped(DropReason::ExportFailed, failed.len() as u64);
+            return;
+        }
+        self.retry = Some(Retry {
+            spans: failed,
+            first_failure,
+            next_at: now + delay,
+            delay,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_paths() {
+        assert_eq!(http_traces_url("http://h:4318"), "http://h:4318/v1/traces");
+        assert_eq!(http_traces_url("http://h:4318/"), "http://h:4318/v1/traces");
+        assert_eq!(
+            http_traces_url("https://h/custom/traces"),
+            "https://h/custom/traces"
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! The agent's own metrics (Prometheus text format) and the health endpoints, served on
+//! `metrics.addr`. Names follow `kspan_<noun>_<unit>_total`; labels are low-cardinality.
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use serde::Serialize;
+
+use crate::capture::KernelCounters;
+
+/// Why a span or event was lost.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// The kernel found the ring buffer full.
+    RingbufFull,
+    /// Bytes from the ring buffer that did not decode.
+    Undecodable,
+    /// The queue to the exporter was full (newest dropped).
+    QueueFull,
+    /// Export failed and was not retried, or retries ran out.
+    ExportFailed,
+    /// Dropped by a sampler.
+    SampledOut,
+    /// The kernel's in-flight syscall table was full (syscall not measured).
+    StartTableFull,
+    /// The kernel's connection table was full (connection not followed).
+    TcpTableFull,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::RingbufFull,
+        DropReason::Undecodable,
+        DropReason::QueueFull,
+        DropReason::ExportFailed,
+        DropReason::SampledOut,
+        DropReason::StartTableFull,
+        DropReason::TcpTableFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RingbufFull => "ringbuf_full",
+            DropReason::Undecodable => "undecodable",
+            DropReason::QueueFull => "queue_full",
+            DropReason::ExportFailed => "export_failed",
+            DropReason::SampledOut => "sampled_out",
+            DropReason::StartTableFull => "start_table_full",
+            DropReason::TcpTableFull => "tcp_table_full",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// Counters shared by the pipeline stages (cheap atomic updates, batched per drain or batch).
+pub struct Stats {
+    registry: Registry,
+    events: Family<KindLabel, Counter>,
+    spans_built: Counter,
+    spans_exported: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+    export_requests: Family<ResultLabel, Counter>,
+    export_seconds: Histogram,
+    queue_spans: Gauge,
+    ring_fill_bytes: Gauge,
+    open_connections: Gauge,
+    /// Last kernel counter values seen, to turn them into increments.
+    kernel_seen: [AtomicU64; 3],
+    attached: AtomicBool,
+    exporter_ok: AtomicBool,
+}
+
+/// Totals for the summary line.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Totals {
+    pub events: u64,
+    pub spans_built: u64,
+    pub spans_exported: u64,
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
+    pub queue_spans: i64,
+}
+
+impl Totals {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.values().sum()
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        let mut registry = Registry::with_prefix("kspan");
+        let events = Family::<KindLabel, Counter>::default();
+        let spans_built = Counter::default();
+        let spans_exported = Counter::default();
+        let dropped = Family::<ReasonLabel, Counter>::default();
+        let export_requests = Family::<ResultLabel, Counter>::default();
+        let export_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let queue_spans = Gauge::default();
+        let ring_fill_bytes = Gauge::default();
+        let open_connections = Gauge::default();
+        registry.register("events", "Kernel events received, by kind", events.clone());
+        registry.register(
+            "spans_built",
+            "Spans built from events",
+            spans_built.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Spans the exporter accepted",
+            spans_exported.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Events or spans lost, by reason",
+            dropped.clone(),
+        );
+        registry.register(
+            "export_requests",
+            "Export requests, by result",
+            export_requests.clone(),
+        );
+        registry.register(
+            "export_duration_seconds",
+            "Time to export one batch (retries included)",
+            export_seconds.clone(),
+        );
+        registry.register(
+            "queue_spans",
+            "Spans waiting for export",
+            queue_spans.clone(),
+        );
+        registry.register(
+            "ring_buffer_fill_bytes",
+            "Bytes found in the ring buffer at the last drain",
+            ring_fill_bytes.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "TCP connections followed",
+            open_connections.clone(),
+        );
+        // Every reason shows up from the start, at 0.
+        for r in DropReason::ALL {
+            let _ = dropped.get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
+        Stats {
+            registry,
+            events,
+            spans_built,
+            spans_exported,
+            dropped,
+            export_requests,
+            export_seconds,
+            queue_spans,
+            ring_fill_bytes,
+            open_connections,
+            kernel_seen: Default::default(),
+            attached: AtomicBool::new(false),
+            exporter_ok: AtomicBool::new(true),
+        }
+    }
+
+    pub fn add_events(&self, kind: &'static str, n: u64) {
+        if n > 0 {
+            self.events.get_or_create(&KindLabel { kind }).inc_by(n);
+        }
+    }
+
+    pub fn add_spans_built(&self, n: u64) {
+        self.spans_built.inc_by(n);
+    }
+
+    pub fn add_exported(&self, n: u64, seconds: f64) {
+        self.spans_exported.inc_by(n);
+        self.export_requests
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+        self.export_seconds.observe(seconds);
+        self.exporter_ok.store(true, Ordering::Relaxed);
+    }
+
+    pub fn export_failed_attempt(&self, seconds: f64) {
+        self.export_requests
+            .get_or_create(&ResultLabel { result: "error" })
+            .inc();
+        self.export_seconds.observe(seconds);
+        self.exporter_ok.store(false, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.dropped
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn set_queue(&self, spans: usize) {
+        self.queue_spans.set(spans as i64);
+    }
+
+    pub fn set_ring_fill(&self, bytes: usize) {
+        self.ring_fill_bytes.set(bytes as i64);
+    }
+
+    pub fn set_open_connections(&self, n: usize) {
+        self.open_connections.set(n as i64);
+    }
+
+    /// Folds the kernel's cumulative counters into the drop counters.
+    pub fn update_kernel(&self, k: &KernelCounters) {
+        let pairs = [
+            (DropReason::RingbufFull, k.ringbuf_full),
+            (DropReason::StartTableFull, k.start_table_full),
+            (DropReason::TcpTableFull, k.tcp_table_full),
+        ];
+        for (i, (reason, now)) in pairs.into_iter().enumerate() {
+            let before = self.kernel_seen[i].swap(now, Ordering::Relaxed);
+            self.dropped(reason, now.saturating_sub(before));
+        }
+    }
+
+    pub fn set_attached(&self, v: bool) {
+        self.attached.store(v, Ordering::Relaxed);
+    }
+
+    /// Ready: programs attached and the last export worked (or is being retried: the flag
+    /// goes false only after a failed attempt and true again on success).
+    pub fn ready(&self) -> (bool, &'static str) {
+        if !self.attached.load(Ordering::Relaxed) {
+            return (false, "programs not attached");
+        }
+        if !self.exporter_ok.load(Ordering::Relaxed) {
+            return (true, "attached; exporter retrying");
+        }
+        (true, "attached; exporter ok")
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut dropped = std::collections::BTreeMap::new();
+        for r in DropReason::ALL {
+            let v = self
+                .dropped
+                .get_or_create(&ReasonLabel { reason: r.as_str() })
+                .get();
+            dropped.insert(r.as_str(), v);
+        }
+        let events = ["syscall", "tcp_connect", "tcp_accept", "tcp_close"]
+            .iter()
+            .map(|&kind| self.events.get_or_create(&KindLabel { kind }).get())
+            .sum();
+        Totals {
+            events,
+            spans_built: self.spans_built.get(),
+            spans_exported: self.spans_exported.get(),
+            dropped,
+            queue_spans: self.queue_spans.get(),
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics address {addr:?} is not host:port (e.g. 127.0.0.1:9464)")]
+    BadAddr { addr: String },
+    #[error("cannot listen on metrics address {addr}: {source} (choose another with --metrics-addr, or disable with --metrics-addr '')")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the metrics/health listener (so a bad address fails at start) and returns the task
+/// that serves it.
+pub async fn serve(
+    addr: &str,
+    stats: Arc<Stats>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), MetricsError> {
+    use axum::{extract::State, http::StatusCode, routing::get, Router};
+
+    let sock: SocketAddr = addr.parse().map_err(|_| MetricsError::BadAddr {
+        addr: addr.to_string(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(sock)
+        .await
+        .map_err(|source| MetricsError::Bind { addr: sock, source })?;
+    let local = listener.local_addr().unwrap_or(sock);
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<Stats>>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    s.encode(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Arc<Stats>>| async move {
+                let (ok, why) = s.ready();
+                let code = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (code, format!("{why}\n"))
+            }),
+        )
+        .with_state(stats);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            log::error!("metrics server stopped: {e}");
+        }
+    });
+    Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_counters_become_increments() {
+        let s = Stats::new();
+        s.update_kernel(&KernelCounters {
+            ringbuf_full: 5,
+            ..Default::default()
+        });
+        s.update_kernel(&KernelCounters {
+            ringbuf_full: 7,
+            tcp_table_full: 1,
+            ..Default::default()
+        });
+        let t = s.totals();
+        assert_eq!(t.dropped["ringbuf_full"], 7);
+        assert_eq!(t.dropped["tcp_table_full"], 1);
+        assert_eq!(t.dropped_total(), 8);
+        let text = s.encode();
+        assert!(
+            text.contains("kspan_dropped_total{reason=\"ringbuf_full\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kspan_dropped_total{reason=\"queue_full\"} 0"),
+            "{text}"
+        );
+    }
+}

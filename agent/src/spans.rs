@@ -1,0 +1,430 @@
+//! Kernel events to OpenTelemetry spans.
+//!
+//! | event | span name | kind | parent |
+//! |---|---|---|---|
+//! | syscall | the syscall's name (`read`, `openat`...) | INTERNAL | the open connection behind its fd, else none |
+//! | tcp_connect | `tcp connect` | CLIENT | none (it starts a trace) |
+//! | tcp_accept | `tcp accept` | SERVER | none (it starts a trace) |
+//! | tcp_close | `tcp connection` (established -> closed) | INTERNAL | the connect/accept span |
+//!
+//! Attributes follow the OpenTelemetry semantic conventions where one exists; kernel-specific
+//! ones are under `kspan.` (see [`attr`]). Failed syscalls and connects get status Error and
+//! `error.type` = the errno name.
+use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
+
+use agent_common::{
+    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_PID_UNKNOWN,
+};
+use opentelemetry::{
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+    InstrumentationScope, KeyValue,
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+
+use crate::{
+    clock::WallClock,
+    conns::{Conns, FdResolver, ProcFdResolver, Tuple},
+    decode::RawEvent,
+    event::ip_addr,
+    names,
+    procinfo::{ProcResource, ProcessCache},
+};
+
+/// Attribute keys kspan sets that are not semantic conventions (all under `kspan.`).
+pub mod attr {
+    /// Syscall number (x86_64).
+    pub const SYSCALL_NR: &str = "kspan.syscall.nr";
+    /// Raw return value (negative errno on failure).
+    pub const SYSCALL_RETURN: &str = "kspan.syscall.return";
+    /// First argument of fd-based syscalls.
+    pub const SYSCALL_FD: &str = "kspan.syscall.fd";
+    /// cgroup v2 id of the task.
+    pub const CGROUP_ID: &str = "kspan.cgroup.id";
+    /// Segments retransmitted over the connection's life.
+    pub const TCP_RETRANSMITS: &str = "kspan.tcp.retransmits";
+    /// false when the owning process was unknown (listener older than kspan).
+    pub const PID_KNOWN: &str = "kspan.pid_known";
+    /// Which sampling rule decided (set by the samplers).
+    pub const SAMPLING_RULE: &str = "kspan.sampling.rule";
+}
+
+/// A span and the resource of the process it belongs to.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub resource: Arc<ProcResource>,
+    pub span: SpanData,
+}
+
+pub struct SpanBuilder<R: FdResolver = ProcFdResolver> {
+    clock: WallClock,
+    procs: ProcessCache,
+    conns: Conns<R>,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
+}
+
+impl<R: FdResolver> SpanBuilder<R> {
+    pub fn new(clock: WallClock, procs: ProcessCache, resolver: R) -> SpanBuilder<R> {
+        SpanBuilder {
+            clock,
+            procs,
+            conns: Conns::new(resolver),
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder("kspan")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.conns.open_count()
+    }
+
+    pub fn build(&mut self, ev: &RawEvent) -> Built {
+        match ev {
+            RawEvent::Syscall(h, d) => self.syscall(h, d),
+            RawEvent::Tcp(kind, h, d) => self.tcp(*kind, h, d),
+        }
+    }
+
+    fn new_context(&self, parent: Option<&SpanContext>) -> SpanContext {
+        // RandomIdGenerator draws all 128 bits at random, so the low 56 bits of the trace id
+        // are random as W3C trace context level 2 requires for consistent sampling.
+        let trace_id = match parent {
+            Some(p) => p.trace_id(),
+            None => self.ids.new_trace_id(),
+        };
+        SpanContext::new(
+            trace_id,
+            self.ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    }
+
+    fn times(&self, h: &EventHeader) -> (std::time::SystemTime, std::time::SystemTime) {
+        let start = self.clock.system_time(h.start_ns);
+        (start, start + Duration::from_nanos(h.duration_ns))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn span(
+        &self,
+        h: &EventHeader,
+        parent: Option<&SpanContext>,
+        kind: SpanKind,
+        name: Cow<'static, str>,
+        attributes: Vec<KeyValue>,
+        status: Status,
+    ) -> SpanData {
+        let (start_time, end_time) = self.times(h);
+        SpanData {
+            span_context: self.new_context(parent),
+            parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id()),
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name,
+            start_time,
+            end_time,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    fn syscall(&mut self, h: &EventHeader, d: &SyscallData) -> Built {
+        let resource = self.procs.get(h.pid, &h.comm);
+        let mut attributes = Vec::with_capacity(7);
+        attributes.push(KeyValue::new("thread.id", i64::from(h.tid)));
+        attributes.push(KeyValue::new(attr::SYSCALL_NR, i64::from(d.nr)));
+        attributes.push(KeyValue::new(attr::SYSCALL_RETURN, d.ret));
+        attributes.push(KeyValue::new(attr::CGROUP_ID, h.cgroup_id as i64));
+        let mut parent = None;
+        if names::first_arg_is_fd(d.nr) {
+            attributes.push(KeyValue::new(attr::SYSCALL_FD, d.arg0 as i64));
+            parent = self.conns.parent_of_fd(h.pid, d.arg0);
+        }
+        let status = if (-4095..0).contains(&d.ret) {
+            let errno = names::errno_name(-d.ret as i32);
+            attributes.push(KeyValue::new("error.type", errno.clone()));
+            Status::error(errno)
+        } else {
+            Status::Unset
+        };
+        let span = self.span(
+            h,
+            parent.as_ref(),
+            SpanKind::Internal,
+            names::syscall_name(d.nr),
+            attributes,
+            status,
+        );
+        Built { resource, span }
+    }
+
+    fn tcp(&mut self, kind: EventKind, h: &EventHeader, d: &TcpData) -> Built {
+        let pid_known = h.flags & TCP_FLAG_PID_UNKNOWN == 0;
+        let resource = if pid_known {
+            self.procs.get(h.pid, &h.comm)
+        } else {
+            self.procs.get(0, &h.comm)
+        };
+        let local = SocketAddr::new(ip_addr(d.family, &d.saddr), d.sport);
+        let remote = SocketAddr::new(ip_addr(d.family, &d.daddr), d.dport);
+        let network_type = if d.family == libc::AF_INET as u16 {
+            "ipv4"
+        } else {
+            "ipv6"
+        };
+        let mut attributes = Vec::with_capacity(12);
+        if pid_known {
+            attributes.push(KeyValue::new("thread.id", i64::from(h.tid)));
+        } else {
+            attributes.push(KeyValue::new(attr::PID_KNOWN, false));
+        }
+        attributes.push(KeyValue::new("network.transport", "tcp"));
+        attributes.push(KeyValue::new("network.type", network_type));
+        attributes.push(KeyValue::new(
+            "network.peer.address",
+            remote.ip().to_string(),
+        ));
+        attributes.push(KeyValue::new("network.peer.port", i64::from(remote.port())));
+        attributes.push(KeyValue::new(
+            "network.local.address",
+            local.ip().to_string(),
+        ));
+        attributes.push(KeyValue::new("network.local.port", i64::from(local.port())));
+        attributes.push(KeyValue::new(attr::CGROUP_ID, h.cgroup_id as i64));
+        let failed = h.flags & TCP_FLAG_FAILED != 0;
+        let status = if failed {
+            let errno = names::errno_name(d.error as i32);
+            attributes.push(KeyValue::new("error.type", errno.clone()));
+            Status::error(errno)
+        } else {
+            Status::Unset
+        };
+        let (span_kind, name, parent) = match kind {
+            EventKind::TcpConnect => {
+                attributes.push(KeyValue::new("server.address", remote.ip().to_string()));
+                attributes.push(KeyValue::new("server.port", i64::from(remote.port())));
+                (SpanKind::Client, "tcp connect", None)
+            }
+            EventKind::TcpAccept => {
+                attributes.push(KeyValue::new("server.address", local.ip().to_string()));
+                attributes.push(KeyValue::new("server.port", i64::from(local.port())));
+                attributes.push(KeyValue::new("client.address", remote.ip().to_string()));
+                attributes.push(KeyValue::new("client.port", i64::from(remote.port())));
+                (SpanKind::Server, "tcp accept", None)
+            }
+            _ => {
+                attributes.push(KeyValue::new(
+                    attr::TCP_RETRANSMITS,
+                    i64::from(d.retransmits),
+                ));
+                (
+                    SpanKind::Internal,
+                    "tcp connection",
+                    self.conns.close(d.skaddr),
+                )
+            }
+        };
+        let span = self.span(
+            h,
+            parent.as_ref(),
+            span_kind,
+            Cow::Borrowed(name),
+            attributes,
+            status,
+        );
+        if matches!(kind, EventKind::TcpConnect | EventKind::TcpAccept) && !failed {
+            let pid = if pid_known { h.pid } else { 0 };
+            self.conns.open(
+                d.skaddr,
+                pid,
+                Tuple::new(local, remote),
+                span.span_context.clone(),
+            );
+        }
+        Built { resource, span }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use agent_common::COMM_LEN;
+    use opentelemetry::Value;
+
+    use super::*;
+    use crate::procinfo::HostResource;
+
+    struct Fixed(HashMap<(u32, u64), Tuple>);
+    impl FdResolver for Fixed {
+        fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple> {
+            self.0.get(&(pid, fd)).copied()
+        }
+    }
+
+    fn comm(s: &str) -> [u8; COMM_LEN] {
+        let mut c = [0u8; COMM_LEN];
+        c[..s.len()].copy_from_slice(s.as_bytes());
+        c
+    }
+
+    fn builder(fds: HashMap<(u32, u64), Tuple>) -> SpanBuilder<Fixed> {
+        let dir = std::env::temp_dir().join("kspan-no-such-proc");
+        let procs =
+            ProcessCache::with_proc_root(dir, HostResource { attributes: vec![] }, BTreeMap::new());
+        SpanBuilder::new(WallClock::new(), procs, Fixed(fds))
+    }
+
+    fn get<'a>(s: &'a SpanData, k: &str) -> Option<&'a Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| &kv.value)
+    }
+
+    fn header(pid: u32, tid: u32, flags: u32) -> EventHeader {
+        EventHeader {
+            kind: 0,
+            flags,
+            pid,
+            tid,
+            start_ns: 1_000_000,
+            duration_ns: 20_000_000,
+            cgroup_id: 1,
+            comm: comm("app"),
+        }
+    }
+
+    fn tcp(kind: EventKind, sk: u64, sport: u16, dport: u16) -> RawEvent {
+        let mut d = TcpData {
+            skaddr: sk,
+            family: libc::AF_INET as u16,
+            sport,
+            dport,
+            ..Default::default()
+        };
+        d.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        d.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        RawEvent::Tcp(kind, header(10, 11, 0), d)
+    }
+
+    #[test]
+    fn failed_syscall_is_an_error_root_span() {
+        let mut b = builder(HashMap::new());
+        let ev = RawEvent::Syscall(
+            header(10, 11, 0),
+            SyscallData {
+                nr: 257,
+                ret: -2,
+                ..Default::default()
+            },
+        );
+        let s = b.build(&ev).span;
+        assert_eq!(s.name, "openat");
+        assert_eq!(s.span_kind, SpanKind::Internal);
+        assert_eq!(s.parent_span_id, SpanId::INVALID);
+        assert_eq!(s.status, Status::error("ENOENT"));
+        assert_eq!(get(&s, "error.type"), Some(&Value::from("ENOENT")));
+        assert_eq!(get(&s, "thread.id"), Some(&Value::I64(11)));
+        assert_eq!(get(&s, attr::SYSCALL_FD), None);
+        assert_eq!(
+            s.end_time.duration_since(s.start_time).unwrap(),
+            Duration::from_millis(20)
+        );
+        assert!(s.span_context.is_sampled());
+    }
+
+    #[test]
+    fn syscalls_on_a_connection_are_its_children() {
+        let tuple = Tuple::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.2:80".parse().unwrap(),
+        );
+        let mut fds = HashMap::new();
+        fds.insert((10, 7), tuple);
+        let mut b = builder(fds);
+        let connect = b.build(&tcp(EventKind::TcpConnect, 0xabc, 5000, 80)).span;
+        assert_eq!(connect.span_kind, SpanKind::Client);
+        assert_eq!(connect.name, "tcp connect");
+        assert_eq!(get(&connect, "server.port"), Some(&Value::I64(80)));
+        assert_eq!(
+            get(&connect, "network.peer.address"),
+            Some(&Value::from("127.0.0.2"))
+        );
+        assert_eq!(get(&connect, "network.type"), Some(&Value::from("ipv4")));
+        let read = |fd| {
+            RawEvent::Syscall(
+                header(10, 11, 0),
+                SyscallData {
+                    nr: 0,
+                    ret: 100,
+                    arg0: fd,
+                    ..Default::default()
+                },
+            )
+        };
+        let child = b.build(&read(7)).span;
+        assert_eq!(child.parent_span_id, connect.span_context.span_id());
+        assert_eq!(
+            child.span_context.trace_id(),
+            connect.span_context.trace_id()
+        );
+        assert_eq!(child.status, Status::Unset);
+        let other = b.build(&read(8)).span;
+        assert_eq!(other.parent_span_id, SpanId::INVALID);
+        assert_ne!(
+            other.span_context.trace_id(),
+            connect.span_context.trace_id()
+        );
+        let close = b.build(&tcp(EventKind::TcpClose, 0xabc, 5000, 80)).span;
+        assert_eq!(close.name, "tcp connection");
+        assert_eq!(close.parent_span_id, connect.span_context.span_id());
+        assert_eq!(get(&close, attr::TCP_RETRANSMITS), Some(&Value::I64(0)));
+        // After close the fd is no longer the connection's.
+        assert_eq!(b.build(&read(7)).span.parent_span_id, SpanId::INVALID);
+    }
+
+    #[test]
+    fn failed_connect_and_unknown_listener() {
+        let mut b = builder(HashMap::new());
+        let mut ev = tcp(EventKind::TcpConnect, 1, 5000, 81);
+        if let RawEvent::Tcp(_, h, d) = &mut ev {
+            h.flags = TCP_FLAG_FAILED;
+            d.error = libc::ECONNREFUSED as u32;
+        }
+        let s = b.build(&ev).span;
+        assert_eq!(s.status, Status::error("ECONNREFUSED"));
+        assert_eq!(b.open_connections(), 0);
+        let mut ev = tcp(EventKind::TcpAccept, 2, 80, 5000);
+        if let RawEvent::Tcp(_, h, _) = &mut ev {
+            h.flags = TCP_FLAG_PID_UNKNOWN;
+        }
+        let built = b.build(&ev);
+        assert_eq!(built.span.span_kind, SpanKind::Server);
+        assert_eq!(built.resource.service_name, "unknown_service");
+        assert_eq!(get(&built.span, attr::PID_KNOWN), Some(&Value::Bool(false)));
+        assert_eq!(get(&built.span, "client.port"), Some(&Value::I64(5000)));
+        assert_eq!(get(&built.span, "server.port"), Some(&Value::I64(80)));
+    }
+
+    #[test]
+    fn trace_ids_differ_and_low_56_bits_vary() {
+        let mut b = builder(HashMap::new());
+        let ev = RawEvent::Syscall(header(1, 1, 0), SyscallData::default());
+        let ids: std::collections::HashSet<u64> = (0..1000)
+            .map(|_| {
+                let t = b.build(&ev).span.span_context.trace_id().to_bytes();
+                u64::from_be_bytes(t[8..16].try_into().unwrap()) & ((1 << 56) - 1)
+            })
+            .collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}

@@ -1,0 +1,627 @@
+//! End to end: the real kernel, `kspan run`, and an OTLP receiver that is not ours (the
+//! official OpenTelemetry protos decoded by Google's protobuf runtime, tests/otlp_receiver.py).
+//!
+//! Run as root, one at a time: `cargo test -p agent --test otlp -- --test-threads=1`.
+//! The receiver's venv comes from `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does it).
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::Value;
+
+mod common;
+
+use common::{require_root, Trigger, KSPAN};
+
+fn venv_python() -> String {
+    let cache = std::env::var("KSPAN_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
+    let py = format!("{cache}/venv/bin/python");
+    assert!(
+        std::path::Path::new(&py).exists(),
+        "{py} missing: run `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does)"
+    );
+    py
+}
+
+/// The Python OTLP receiver; collects every span it decodes.
+struct Receiver {
+    child: Child,
+    spans: Arc<Mutex<Vec<Value>>>,
+    grpc_port: u16,
+    http_port: u16,
+}
+
+impl Receiver {
+    fn start(grpc_port: u16, http_port: u16) -> Receiver {
+        let mut child = Command::new(venv_python())
+            .arg(format!(
+                "{}/../tests/otlp_receiver.py",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .args(["--grpc-port", &grpc_port.to_string()])
+            .args(["--http-port", &http_port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn receiver");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("receiver ready line");
+        let ready: Value = serde_json::from_str(&line).expect("ready JSON");
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).expect("span JSON");
+                sink.lock().unwrap().push(v);
+            }
+        });
+        Receiver {
+            child,
+            spans,
+            grpc_port: ready["grpc_port"].as_u64().unwrap() as u16,
+            http_port: ready["http_port"].as_u64().unwrap() as u16,
+        }
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the spans received so far.
+    fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.spans();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "receiver never got {what}; got {} spans: {:#?}",
+                s.len(),
+                s.iter()
+                    .map(|v| format!(
+                        "{} {} {}",
+                        v["name"], v["attributes"]["thread.id"], v["status_message"]
+                    ))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `kspan run`.
+struct Run {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Run {
+    fn start(args: &[&str]) -> Run {
+        let mut child = Command::new(KSPAN)
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kspan run");
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).expect("kspan stderr") == 0 {
+                let _ = child.wait();
+                panic!(
+                    "kspan run did not start:\n{}",
+                    stderr.lock().unwrap().join("")
+                );
+            }
+            stderr.lock().unwrap().push(line.clone());
+            if line.contains("tracing (programs attached)") {
+                break;
+            }
+        }
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Run { child, stderr }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait; returns the summary and stdout.
+    fn stop(mut self) -> (Value, String) {
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("stdout");
+        let status = self.child.wait().expect("wait kspan");
+        assert!(status.success(), "kspan run exited with {status}");
+        std::thread::sleep(Duration::from_millis(100));
+        let lines = self.stderr.lock().unwrap().clone();
+        let summary = lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("kspan: summary "))
+            .unwrap_or_else(|| panic!("no summary line in:\n{}", lines.join("\n")));
+        (serde_json::from_str(summary).expect("summary JSON"), out)
+    }
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    let code = body[9..12].parse().unwrap();
+    (code, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn by_name<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| s["name"] == name).collect()
+}
+
+fn one<'a>(spans: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
+    let found: Vec<&Value> = spans.iter().filter(|s| pred(s)).collect();
+    assert_eq!(found.len(), 1, "expected one {what}, found {found:#?}");
+    found[0]
+}
+
+fn dropped_total(summary: &Value) -> u64 {
+    summary["dropped"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
+
+/// The story trigger through `kspan run` into the receiver over `protocol`; checks every
+/// span's name, kind, attributes, resource, status and parent.
+fn story_over(protocol: &str) {
+    require_root();
+    let rx = Receiver::start(0, 0);
+    let trigger = Trigger::spawn("story", None);
+    let pid = trigger.pid();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{}", rx.grpc_port),
+        _ => format!("http://127.0.0.1:{}", rx.http_port),
+    };
+    let pid_s = pid.to_string();
+    let metrics_port = free_port().to_string();
+    let run = Run::start(&[
+        "--pid",
+        &pid_s,
+        "--min-duration",
+        "10ms",
+        "--endpoint",
+        &endpoint,
+        "--protocol",
+        protocol,
+        "--compression",
+        "gzip",
+        "--header",
+        "x-kspan-test=yes",
+        "--batch-timeout",
+        "100ms",
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let r = trigger.go();
+    let spans = rx.wait_for("the story's spans", |s| {
+        by_name(s, "tcp connection").len() == 2 && !by_name(s, "clock_nanosleep").is_empty()
+    });
+    let (summary, _) = run.stop();
+
+    for s in &spans {
+        assert_eq!(s["transport"], protocol.split('/').next().unwrap());
+        if protocol != "grpc" {
+            // grpcio decompresses before the servicer sees the request; HTTP shows it.
+            assert_eq!(s["encoding"], "gzip");
+        }
+        assert_eq!(s["headers"]["x-kspan-test"], "yes");
+        assert_eq!(s["scope"], "kspan");
+        let res = &s["resource"];
+        assert_eq!(res["process.pid"], pid as i64, "{s}");
+        assert_eq!(res["process.executable.path"], exe.to_str().unwrap());
+        assert_eq!(
+            res["service.name"],
+            exe.file_name().unwrap().to_str().unwrap()
+        );
+        assert_eq!(res["os.type"], "linux");
+        assert!(res["host.name"].as_str().is_some_and(|h| !h.is_empty()));
+        assert_eq!(s["trace_id"].as_str().unwrap().len(), 32);
+        assert_eq!(s["span_id"].as_str().unwrap().len(), 16);
+        assert!(s["end"].as_u64() >= s["start"].as_u64());
+        // Wall-clock times: within the last minute.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        assert!(now - s["start"].as_u64().unwrap() < 60_000_000_000, "{s}");
+    }
+    let dur = |s: &Value| s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap();
+
+    // 20 ms sleep in its thread: a root INTERNAL span.
+    let sleep = one(&spans, "sleep span", |s| {
+        s["name"] == "clock_nanosleep" && s["attributes"]["thread.id"] == r["tid"]
+    });
+    assert!((20_000_000..200_000_000).contains(&dur(sleep)), "{sleep}");
+    assert_eq!(sleep["kind"], 1);
+    assert_eq!(sleep["parent_span_id"], "");
+    assert_eq!(sleep["status_code"], 0);
+
+    // Failed open: status Error, error.type ENOENT.
+    let open = spans
+        .iter()
+        .find(|s| s["name"] == "openat" && s["attributes"]["kspan.syscall.return"] == -2)
+        .expect("failed openat span");
+    assert_eq!(open["status_code"], 2);
+    assert_eq!(open["status_message"], "ENOENT");
+    assert_eq!(open["attributes"]["error.type"], "ENOENT");
+
+    // Connect: CLIENT span with peer and local ends.
+    let connect = one(&spans, "connect span", |s| s["name"] == "tcp connect");
+    let ca = &connect["attributes"];
+    assert_eq!(connect["kind"], 3);
+    assert_eq!(connect["parent_span_id"], "");
+    assert_eq!(ca["server.address"], "127.0.0.1");
+    assert_eq!(ca["server.port"], r["listen_port"]);
+    assert_eq!(ca["network.peer.port"], r["listen_port"]);
+    assert_eq!(ca["network.local.port"], r["client_port"]);
+    assert_eq!(ca["network.transport"], "tcp");
+    assert_eq!(ca["network.type"], "ipv4");
+    assert_eq!(ca["thread.id"], r["client_tid"]);
+
+    // Accept: SERVER span.
+    let accept = one(&spans, "accept span", |s| s["name"] == "tcp accept");
+    let aa = &accept["attributes"];
+    assert_eq!(accept["kind"], 2);
+    assert_eq!(aa["server.port"], r["listen_port"]);
+    assert_eq!(aa["client.port"], r["client_port"]);
+    assert_eq!(aa["client.address"], "127.0.0.1");
+
+    // The slow recvs on each end's socket are children of that end's connection span.
+    let client_recv = one(&spans, "client recv", |s| {
+        s["name"] == "recvfrom" && s["attributes"]["thread.id"] == r["client_tid"]
+    });
+    assert_eq!(
+        client_recv["attributes"]["kspan.syscall.fd"],
+        r["client_fd"]
+    );
+    assert!(dur(client_recv) >= 25_000_000, "{client_recv}");
+    assert_eq!(client_recv["parent_span_id"], connect["span_id"]);
+    assert_eq!(client_recv["trace_id"], connect["trace_id"]);
+    let server_recv = one(&spans, "server recv", |s| {
+        s["name"] == "recvfrom" && s["attributes"]["thread.id"] == r["server_tid"]
+    });
+    assert_eq!(
+        server_recv["attributes"]["kspan.syscall.fd"],
+        r["server_fd"]
+    );
+    assert_eq!(server_recv["parent_span_id"], accept["span_id"]);
+    assert_eq!(server_recv["trace_id"], accept["trace_id"]);
+
+    // Each end's close is the connection's lifetime, under the end's span.
+    let closes = by_name(&spans, "tcp connection");
+    let parents: HashSet<&Value> = closes.iter().map(|c| &c["parent_span_id"]).collect();
+    assert_eq!(
+        parents,
+        HashSet::from([&connect["span_id"], &accept["span_id"]])
+    );
+    for c in closes {
+        assert_eq!(c["attributes"]["kspan.tcp.retransmits"], 0);
+        assert!(dur(c) >= 60_000_000, "lifetime {c}");
+    }
+
+    // Everything built was exported and seen, nothing dropped.
+    assert_eq!(
+        summary["spans_exported"].as_u64().unwrap(),
+        spans.len() as u64
+    );
+    assert_eq!(summary["spans_built"], summary["spans_exported"]);
+    assert_eq!(dropped_total(&summary), 0, "{summary}");
+}
+
+#[test]
+fn story_over_grpc() {
+    story_over("grpc");
+}
+
+#[test]
+fn story_over_http() {
+    story_over("http/protobuf");
+}
+
+/// With no endpoint, `kspan run` writes OTLP JSON lines to stdout.
+#[test]
+fn stdout_is_the_default_exporter() {
+    require_root();
+    let trigger = Trigger::spawn("openat", None);
+    let pid = trigger.pid().to_string();
+    let mut run = Command::new(KSPAN);
+    run.args([
+        "run",
+        "--pid",
+        &pid,
+        "--metrics-addr",
+        "",
+        "--batch-timeout",
+        "50ms",
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OTEL_") {
+            run.env_remove(k);
+        }
+    }
+    let child = run
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kspan = Run {
+        child,
+        stderr: Default::default(),
+    };
+    let mut err = BufReader::new(kspan.child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("tracing") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "kspan did not start");
+        assert!(!line.contains("error"), "{line}");
+    }
+    assert!(line.contains("stdout (OTLP JSON lines)"), "{line}");
+    let sink = kspan.stderr.clone();
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let r = trigger.go();
+    let (summary, out) = kspan.stop();
+    let mut found = false;
+    for line in out.lines() {
+        let req: Value = serde_json::from_str(line).expect("an OTLP JSON line");
+        for rs in req["resourceSpans"].as_array().unwrap() {
+            let attrs: HashMap<String, Value> = rs["resource"]["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| (a["key"].as_str().unwrap().to_string(), a["value"].clone()))
+                .collect();
+            assert_eq!(attrs["process.pid"]["intValue"], pid);
+            for s in rs["scopeSpans"][0]["spans"].as_array().unwrap() {
+                if s["name"] == "openat" && s["status"]["message"] == "ENOENT" {
+                    assert_eq!(s["traceId"].as_str().unwrap().len(), 32);
+                    assert_eq!(s["status"]["code"], 2);
+                    found = true;
+                }
+            }
+        }
+    }
+    assert!(found, "no failed openat of {} in {out}", r["path"]);
+    assert_eq!(summary["spans_built"], summary["spans_exported"]);
+}
+
+/// The receiver goes away for 10 s while traffic continues: kspan stays up with bounded
+/// memory, counts what it drops, and spans made after the restart arrive;
+/// exported + dropped == built.
+#[test]
+fn collector_outage() {
+    require_root();
+    let rx = Receiver::start(0, 0);
+    let (grpc_port, http_port) = (rx.grpc_port, rx.http_port);
+    let trigger = Trigger::spawn("ticker", Some(20));
+    let pid = trigger.pid().to_string();
+    let metrics_port = free_port();
+    let run = Run::start(&[
+        "--pid",
+        &pid,
+        "--endpoint",
+        &format!("http://127.0.0.1:{grpc_port}"),
+        "--protocol",
+        "grpc",
+        "--export-timeout",
+        "2s",
+        "--batch-size",
+        "100",
+        "--batch-timeout",
+        "100ms",
+        "--queue-spans",
+        "1000",
+        "--retry-max-elapsed",
+        "60s",
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let kspan_pid = run.pid();
+    let ticker = std::thread::spawn(move || trigger.go());
+    std::thread::sleep(Duration::from_secs(3));
+    let before = rx.spans();
+    assert!(
+        before.len() > 300,
+        "{} spans before the outage",
+        before.len()
+    );
+    drop(rx);
+    let mut max_rss_kib = 0u64;
+    let outage_end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < outage_end {
+        let status = std::fs::read_to_string(format!("/proc/{kspan_pid}/status"))
+            .expect("kspan still running during the outage");
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        max_rss_kib = max_rss_kib.max(rss);
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (code, metrics) = http_get(metrics_port, "/metrics");
+    assert_eq!(code, 200);
+    let queued: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kspan_queue_spans "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("kspan_queue_spans");
+    assert!(
+        (0..=1000).contains(&queued),
+        "queue {queued} beyond its bound"
+    );
+    assert!(metrics.contains("kspan_dropped_total{reason=\"queue_full\"}"));
+    let (code, ready) = http_get(metrics_port, "/readyz");
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("retrying"), "{ready}");
+
+    let restart = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let rx2 = Receiver::start(grpc_port, http_port);
+    let ticks = ticker.join().unwrap();
+    let after = rx2.wait_for("spans made after the restart", |s| {
+        s.iter()
+            .any(|v| v["start"].as_u64().unwrap() > restart + 1_000_000_000)
+    });
+    // Let the last batch go out before stopping.
+    std::thread::sleep(Duration::from_secs(1));
+    let (summary, _) = run.stop();
+    let after = rx2.spans().len().max(after.len());
+    let ids: HashSet<String> = before
+        .iter()
+        .chain(rx2.spans().iter())
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    let built = summary["spans_built"].as_u64().unwrap();
+    let exported = summary["spans_exported"].as_u64().unwrap();
+    let queue_full = summary["dropped"]["queue_full"].as_u64().unwrap();
+    let export_failed = summary["dropped"]["export_failed"].as_u64().unwrap();
+    eprintln!(
+        "outage: ticks {} built {built} exported {exported} queue_full {queue_full} export_failed {export_failed} received {} (before {} after {after}) max RSS {max_rss_kib} KiB",
+        ticks["n"],
+        ids.len(),
+        before.len()
+    );
+    assert!(
+        queue_full > 0,
+        "a 10 s outage at 200 spans/s must overflow a 1000-span queue"
+    );
+    assert_eq!(exported + queue_full + export_failed, built, "{summary}");
+    assert_eq!(ids.len() as u64, exported, "received == exported");
+    assert!(
+        built >= ticks["n"].as_u64().unwrap(),
+        "every tick is a span"
+    );
+    assert_eq!(summary["kernel"]["ringbuf_full"], 0);
+    assert!(max_rss_kib < 64 * 1024, "RSS {max_rss_kib} KiB");
+}
+
+/// Nobody listens at the endpoint: kspan keeps running, retries, then counts the spans as
+/// failed exports; exits cleanly.
+#[test]
+fn unreachable_endpoint_is_counted_not_fatal() {
+    require_root();
+    let trigger = Trigger::spawn("openat", None);
+    let pid = trigger.pid().to_string();
+    let port = free_port().to_string();
+    let run = Run::start(&[
+        "--pid",
+        &pid,
+        "--endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--protocol",
+        "http/protobuf",
+        "--export-timeout",
+        "500ms",
+        "--retry-max-elapsed",
+        "1s",
+        "--batch-timeout",
+        "50ms",
+        "--metrics-addr",
+        "",
+    ]);
+    trigger.go();
+    std::thread::sleep(Duration::from_secs(3));
+    let (summary, _) = run.stop();
+    let built = summary["spans_built"].as_u64().unwrap();
+    assert!(built >= 1);
+    assert_eq!(summary["spans_exported"], 0);
+    assert_eq!(summary["dropped"]["export_failed"].as_u64().unwrap(), built);
+}
+
+fn run_fails(args: &[&str], config: Option<&str>) -> String {
+    let dir = std::env::temp_dir().join(format!("kspan-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = Command::new(KSPAN);
+    cmd.arg("run").args(args).args(["--duration", "1s"]);
+    if let Some(text) = config {
+        let f = dir.join("kspan.yaml");
+        std::fs::write(&f, text).unwrap();
+        cmd.arg("--config").arg(&f);
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let e = run_fails(&["--endpoint", "localhost:4317"], None);
+    assert!(e.contains("must start with http:// or https://"), "{e}");
+    let e = run_fails(&["--endpoint", "http://host:port"], None);
+    assert!(e.contains("bad port"), "{e}");
+    let e = run_fails(
+        &[],
+        Some("exporter:\n  kind: otlp\n  endpont: http://x:4317\n"),
+    );
+    assert!(
+        e.contains("unknown field `endpont`") && e.contains("line 3"),
+        "{e}"
+    );
+    let e = run_fails(&[], Some("pipeline:\n  batch_size: many\n"));
+    assert!(e.contains("batch_size") && e.contains("line 2"), "{e}");
+    let e = run_fails(&["--config", "/nonexistent/kspan.yaml"], None);
+    assert!(e.contains("cannot read config file"), "{e}");
+    let e = run_fails(&["--metrics-addr", "nowhere"], None);
+    assert!(e.contains("metrics address \"nowhere\""), "{e}");
+    let e = run_fails(&["--syscalls", "reed"], None);
+    assert!(e.contains("unknown syscall \"reed\""), "{e}");
+}
