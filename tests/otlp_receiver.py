@@ -7,11 +7,15 @@ Every received span is written to stdout as one JSON line with its resource and 
 in hex and attribute values with their protobuf types kept (int stays int, string string).
 A line {"ready": true, "grpc_port": N, "http_port": M} comes first.
 
-usage: otlp_receiver.py [--grpc-port N] [--http-port M]   (0 = any free port)
+usage: otlp_receiver.py [--grpc-port N] [--http-port M] [--count-only]   (0 = any free port)
+With --count-only spans are only counted (for benchmarks); the total is printed as
+{"spans": N, "requests": R} on SIGTERM.
 """
 import argparse
 import gzip
 import json
+import os
+import signal
 import sys
 import threading
 from concurrent import futures
@@ -21,6 +25,8 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 LOCK = threading.Lock()
+COUNT_ONLY = False
+TOTALS = {"spans": 0, "requests": 0}
 
 
 def value(v):
@@ -39,6 +45,12 @@ def attrs(kvs):
 
 
 def emit(request, transport, encoding, headers):
+    if COUNT_ONLY:
+        n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        with LOCK:
+            TOTALS["spans"] += n
+            TOTALS["requests"] += 1
+        return
     lines = []
     for rs in request.resource_spans:
         resource = attrs(rs.resource.attributes)
@@ -107,7 +119,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--grpc-port", type=int, default=0)
     ap.add_argument("--http-port", type=int, default=0)
+    ap.add_argument("--count-only", action="store_true")
     a = ap.parse_args()
+    global COUNT_ONLY
+    COUNT_ONLY = a.count_only
+
+    def on_term(*_):
+        with LOCK:
+            print(json.dumps(TOTALS), flush=True)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
     grpc_port = server.add_insecure_port(f"127.0.0.1:{a.grpc_port}")
