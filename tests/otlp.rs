@@ -111,10 +111,15 @@ struct Run {
 
 impl Run {
     fn start(args: &[&str]) -> Run {
+        Run::start_env(args, &[])
+    }
+
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut child = Command::new(KSPAN)
             .arg("run")
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -369,6 +374,54 @@ fn story_over_grpc() {
 #[test]
 fn story_over_http() {
     story_over("http/protobuf");
+}
+
+/// The standard OTEL_* variables configure the exporter and the resource.
+#[test]
+fn standard_environment_variables() {
+    require_root();
+    let rx = Receiver::start(0, 0);
+    let trigger = Trigger::spawn("openat", None);
+    let pid = trigger.pid().to_string();
+    let endpoint = format!("http://127.0.0.1:{}", rx.grpc_port);
+    let run = Run::start_env(
+        &[
+            "--pid",
+            &pid,
+            "--batch-timeout",
+            "50ms",
+            "--metrics-addr",
+            "",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme,x-other=2"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test,service.name=ignored",
+            ),
+        ],
+    );
+    trigger.go();
+    let spans = rx.wait_for("a failed openat", |s| {
+        s.iter()
+            .any(|v| v["name"] == "openat" && v["status_code"] == 2)
+    });
+    let (summary, _) = run.stop();
+    for s in &spans {
+        assert_eq!(s["transport"], "grpc");
+        assert_eq!(s["headers"]["x-tenant"], "acme");
+        assert_eq!(s["headers"]["x-other"], "2");
+        assert_eq!(s["resource"]["deployment.environment"], "test");
+        // OTEL_RESOURCE_ATTRIBUTES describes the agent's host, not the traced process.
+        assert_ne!(s["resource"]["service.name"], "ignored");
+    }
+    assert_eq!(
+        summary["spans_exported"].as_u64().unwrap(),
+        spans.len() as u64
+    );
 }
 
 /// With no endpoint, `kspan run` writes OTLP JSON lines to stdout.

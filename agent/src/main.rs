@@ -7,7 +7,8 @@ use agent::{
 use clap::Parser;
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,agent=info"))
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { json } => {
