@@ -11,6 +11,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Current wall-clock time, unix ns.
+pub fn unix_now_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
 /// Current `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)

@@ -29,6 +29,9 @@ pub struct Config {
     pub pipeline: PipelineSection,
     pub resource: ResourceSection,
     pub metrics: MetricsSection,
+    /// Samplers (rules -> adaptive -> budget); without this section every span is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::sampling::SamplingConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -259,6 +262,13 @@ impl Config {
         if let Some(e) = &self.exporter.endpoint {
             validate_endpoint(e)?;
         }
+        if let Some(s) = &self.sampling {
+            crate::sampling::Pipeline::new(s).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "{e}; kspan will not start with a sampler it cannot build"
+                ))
+            })?;
+        }
         Ok(())
     }
 }
@@ -410,6 +420,46 @@ metrics:
         );
         let e = Config::parse("exporters:\n  kind: otlp\n").unwrap_err();
         assert!(e.ends_with("at line 1"), "{e}");
+    }
+
+    #[test]
+    fn sampling_section() {
+        let c = Config::parse(
+            r#"
+sampling:
+  rules:
+    default_sampling_percentage: 10
+    rules:
+      - name: errors
+        action: keep
+        conditions: ["status == STATUS_CODE_ERROR"]
+  adaptive:
+    target_spans_per_second: 50
+    slow_threshold: 1s
+  budget:
+    period: month
+    money: 100
+    cost_per_gb: 0.3
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.sampling.unwrap();
+        assert_eq!(s.adaptive.unwrap().slow_threshold, Some(1_000_000_000));
+        let e = Config::parse("sampling:\n  rules:\n    rules:\n      - name: x\n        sampling_percentage: 5\n        conditions: ['duration >']\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("rule \"x\" (#0), condition 0: at column 11"),
+            "{e}"
+        );
+        let e = Config::parse("sampling:\n  adaptive:\n    target: 5\n").unwrap_err();
+        assert!(
+            e.contains("unknown field `target`") && e.contains("line 3"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,5 +15,6 @@ pub mod export;
 pub mod metrics;
 pub mod names;
 pub mod procinfo;
+pub mod sampling;
 pub mod source;
 pub mod spans;

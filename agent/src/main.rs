@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use agent::{
     check,
-    cmd::{events, run, Cli, Command},
+    cmd::{events, run, sampling, Cli, Command},
 };
 use clap::Parser;
 
@@ -60,6 +60,22 @@ fn main() -> ExitCode {
             };
             match rt.block_on(events::run(args)) {
                 Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kspan: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Sampling(cmd) => {
+            let out = match &cmd {
+                sampling::SamplingCommand::Simulate(a) => sampling::simulate(a),
+                sampling::SamplingCommand::Explain(a) => sampling::explain(a),
+            };
+            match out {
+                Ok(text) => {
+                    println!("{}", text.trim_end());
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("kspan: error: {e}");
                     ExitCode::FAILURE

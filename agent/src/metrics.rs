@@ -72,6 +72,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabel {
+    value: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -88,6 +93,7 @@ pub struct Stats {
     queue_spans: Gauge,
     ring_fill_bytes: Gauge,
     open_connections: Gauge,
+    budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Last kernel counter values seen, to turn them into increments.
     kernel_seen: [AtomicU64; 3],
     attached: AtomicBool,
@@ -130,6 +136,7 @@ impl Stats {
         let queue_spans = Gauge::default();
         let ring_fill_bytes = Gauge::default();
         let open_connections = Gauge::default();
+        let budget = Family::<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register("events", "Kernel events received, by kind", events.clone());
         registry.register(
             "spans_built",
@@ -171,6 +178,11 @@ impl Stats {
             "TCP connections followed",
             open_connections.clone(),
         );
+        registry.register(
+            "sampling_budget",
+            "Cost-aware sampler: budget, used, remaining, used_percent, projected (end of period), factor",
+            budget.clone(),
+        );
         // Every reason shows up from the start, at 0.
         for r in DropReason::ALL {
             let _ = dropped.get_or_create(&ReasonLabel { reason: r.as_str() });
@@ -186,6 +198,7 @@ impl Stats {
             queue_spans,
             ring_fill_bytes,
             open_connections,
+            budget,
             kernel_seen: Default::default(),
             attached: AtomicBool::new(false),
             exporter_ok: AtomicBool::new(true),
@@ -239,6 +252,19 @@ impl Stats {
 
     pub fn set_open_connections(&self, n: usize) {
         self.open_connections.set(n as i64);
+    }
+
+    pub fn set_budget(&self, b: &crate::sampling::budget::BudgetStatus) {
+        for (value, v) in [
+            ("budget", b.budget),
+            ("used", b.used),
+            ("remaining", b.remaining),
+            ("used_percent", b.used_percent),
+            ("projected", b.projected),
+            ("factor", b.factor),
+        ] {
+            self.budget.get_or_create(&BudgetLabel { value }).set(v);
+        }
     }
 
     /// Folds the kernel's cumulative counters into the drop counters.

@@ -1,6 +1,7 @@
 //! Command-line interface: argument types and one entry point per subcommand.
 pub mod events;
 pub mod run;
+pub mod sampling;
 
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Trace and export spans over OTLP (or as OTLP JSON lines on stdout).
     Run(run::RunArgs),
+    /// Try the samplers: simulate traffic, or explain a decision.
+    #[command(subcommand)]
+    Sampling(sampling::SamplingCommand),
 }
 
 /// Filters shared by the capturing commands.

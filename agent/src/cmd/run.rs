@@ -299,7 +299,19 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         config.resource.service_names.clone(),
     );
     let builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
-    let build_task = tokio::spawn(build_stage(builder, event_rx, span_tx, stats.clone()));
+    let sampler = match &config.sampling {
+        Some(c) => Some(
+            crate::sampling::Pipeline::new(c).map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let build_task = tokio::spawn(build_stage(
+        builder,
+        sampler,
+        event_rx,
+        span_tx,
+        stats.clone(),
+    ));
     eprintln!("kspan: tracing (programs attached); spans to {desc}; stop with Ctrl-C");
 
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -400,9 +412,11 @@ impl Reader {
     }
 }
 
-/// Builds spans from events and passes them on in chunks; a full queue drops the newest.
+/// Builds spans from events, samples them, and passes them on in chunks; a full queue drops
+/// the newest.
 async fn build_stage(
     mut builder: SpanBuilder<ProcFdResolver>,
+    mut sampler: Option<crate::sampling::Pipeline>,
     mut rx: mpsc::Receiver<Vec<RawEvent>>,
     tx: mpsc::Sender<Vec<Built>>,
     stats: Arc<Stats>,
@@ -418,10 +432,22 @@ async fn build_stage(
                         RawEvent::Tcp(k, ..) => *k,
                     }))
                     .or_default() += 1;
-                out.push(builder.build(ev));
+                let mut built = builder.build(ev);
+                stats.add_spans_built(1);
+                if let Some(p) = sampler.as_mut() {
+                    let o = p.decide(&built);
+                    if !o.keep {
+                        stats.dropped(DropReason::SampledOut, 1);
+                        continue;
+                    }
+                    crate::sampling::annotate(&mut built.span, &o, p.decider_name(o.decider));
+                }
+                out.push(built);
+            }
+            if out.is_empty() {
+                continue;
             }
             let n = out.len() as u64;
-            stats.add_spans_built(n);
             match tx.try_send(out) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => stats.dropped(DropReason::QueueFull, n),
@@ -434,6 +460,12 @@ async fn build_stage(
             stats.add_events(k, n);
         }
         stats.set_open_connections(builder.open_connections());
+        if let Some(b) = sampler
+            .as_ref()
+            .and_then(|p| p.budget_status(crate::clock::unix_now_ns()))
+        {
+            stats.set_budget(&b);
+        }
     }
 }
 

@@ -1,0 +1,418 @@
+//! Samplers: rule-based -> adaptive -> cost-aware, each optional, one decision model.
+//!
+//! Every stage turns the span's current keep probability into a (never larger) one, i.e.
+//! raises the rejection threshold T; the final decision is R >= T with R the 56 random bits
+//! of the trace id (or of the rule's randomness source). A kept span carries `ot=th:<T>` in
+//! its trace state, so any backend can weight it by its adjusted count 2^56 / (2^56 - T).
+//! Decisions depend only on (R, T): two agents with the same thresholds agree on every trace.
+//!
+//! The adaptive and cost stages combine proportionally (p_out = p_in * f) so their rate and
+//! spend targets hold whatever the earlier stages did.
+pub mod adaptive;
+pub mod budget;
+pub mod expr;
+pub mod rules;
+pub mod simulate;
+pub mod threshold;
+
+use opentelemetry::{trace::SpanKind, KeyValue};
+use serde::{Deserialize, Serialize};
+
+pub use self::threshold::{Randomness, Threshold, DEFAULT_PRECISION};
+use self::{
+    adaptive::{Adaptive, AdaptiveConfig},
+    budget::{Budget, BudgetConfig, BudgetStatus},
+    rules::{RuleSampler, RulesConfig},
+};
+use crate::spans::{attr, Built};
+
+/// A span attribute value, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AttrValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+/// What samplers read from a span. Implementations must not allocate.
+pub trait SpanView {
+    fn name(&self) -> &str;
+    /// OTLP span kind number (1 internal, 2 server, 3 client, 4 producer, 5 consumer).
+    fn kind_code(&self) -> i64;
+    /// OTLP status code (0 unset, 1 ok, 2 error).
+    fn status_code(&self) -> i64;
+    fn duration_ns(&self) -> u64;
+    /// End time, unix ns: the samplers' clock.
+    fn end_unix_ns(&self) -> u64;
+    fn trace_id(&self) -> [u8; 16];
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>>;
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
+    fn service_name(&self) -> &str;
+    /// Rough encoded size in bytes, for byte budgets.
+    fn size_estimate(&self) -> u64;
+
+    fn is_error(&self) -> bool {
+        self.status_code() == 2
+    }
+}
+
+fn attr_value(v: &opentelemetry::Value) -> Option<AttrValue<'_>> {
+    Some(match v {
+        opentelemetry::Value::String(s) => AttrValue::Str(s.as_str()),
+        opentelemetry::Value::I64(i) => AttrValue::Int(*i),
+        opentelemetry::Value::F64(f) => AttrValue::Float(*f),
+        opentelemetry::Value::Bool(b) => AttrValue::Bool(*b),
+        _ => return None,
+    })
+}
+
+/// OTLP number of a span kind.
+pub fn kind_code(k: &SpanKind) -> i64 {
+    match k {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+impl SpanView for Built {
+    fn name(&self) -> &str {
+        &self.span.name
+    }
+    fn kind_code(&self) -> i64 {
+        kind_code(&self.span.span_kind)
+    }
+    fn status_code(&self) -> i64 {
+        match self.span.status {
+            opentelemetry::trace::Status::Unset => 0,
+            opentelemetry::trace::Status::Ok => 1,
+            opentelemetry::trace::Status::Error { .. } => 2,
+        }
+    }
+    fn duration_ns(&self) -> u64 {
+        self.span
+            .end_time
+            .duration_since(self.span.start_time)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+    fn end_unix_ns(&self) -> u64 {
+        self.span
+            .end_time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+    fn trace_id(&self) -> [u8; 16] {
+        self.span.span_context.trace_id().to_bytes()
+    }
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .and_then(|kv| attr_value(&kv.value))
+    }
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.resource
+            .resource
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .and_then(|(_, v)| attr_value(v))
+    }
+    fn service_name(&self) -> &str {
+        &self.resource.service_name
+    }
+    fn size_estimate(&self) -> u64 {
+        // Ids, times, kind, status and framing, plus names and values.
+        let attrs: usize = self
+            .span
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str().len() + 12)
+            .sum();
+        (64 + self.span.name.len() + attrs) as u64
+    }
+}
+
+/// The `sampling:` section of the agent's config.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Threshold precision in hex digits (1-14).
+    #[serde(default = "default_precision")]
+    pub precision: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<RulesConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetConfig>,
+}
+
+fn default_precision() -> u32 {
+    DEFAULT_PRECISION
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SamplingError {
+    #[error("sampling.rules: {0}")]
+    Rules(#[from] rules::RuleError),
+    #[error("sampling.adaptive: {0}")]
+    Adaptive(String),
+    #[error("sampling.budget: {0}")]
+    Budget(String),
+    #[error("sampling.precision must be 1 to 14, not {0}")]
+    Precision(u32),
+}
+
+/// Which stage decided, for the `kspan.sampling.rule` attribute and reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decider {
+    /// A rule (index into the rule list), or the default percentage.
+    Rule(usize),
+    Default,
+    Adaptive,
+    Budget,
+    /// No sampling configured.
+    None,
+}
+
+/// The pipeline's decision for one span.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub keep: bool,
+    pub threshold: Threshold,
+    pub randomness: Randomness,
+    pub decider: Decider,
+    /// Kept because a rule said always, or because it is an error the stages protect.
+    pub priority: bool,
+}
+
+/// What each stage passes on.
+#[derive(Debug, Clone, Copy)]
+pub struct Partial {
+    pub probability: f64,
+    pub randomness: Randomness,
+    pub priority: bool,
+    pub decider: Decider,
+}
+
+/// The configured samplers.
+pub struct Pipeline {
+    precision: u32,
+    rules: Option<RuleSampler>,
+    adaptive: Option<Adaptive>,
+    budget: Option<Budget>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &SamplingConfig) -> Result<Pipeline, SamplingError> {
+        if !(1..=14).contains(&cfg.precision) {
+            return Err(SamplingError::Precision(cfg.precision));
+        }
+        Ok(Pipeline {
+            precision: cfg.precision,
+            rules: cfg.rules.as_ref().map(RuleSampler::compile).transpose()?,
+            adaptive: cfg
+                .adaptive
+                .as_ref()
+                .map(Adaptive::new)
+                .transpose()
+                .map_err(SamplingError::Adaptive)?,
+            budget: cfg
+                .budget
+                .as_ref()
+                .map(Budget::new)
+                .transpose()
+                .map_err(SamplingError::Budget)?,
+        })
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.rules.is_none() && self.adaptive.is_none() && self.budget.is_none()
+    }
+
+    /// Decides for one span. No allocation.
+    pub fn decide<S: SpanView + ?Sized>(&mut self, s: &S) -> Outcome {
+        let mut p = Partial {
+            probability: 1.0,
+            randomness: Randomness::from_trace_id(s.trace_id()),
+            priority: false,
+            decider: Decider::None,
+        };
+        if let Some(r) = &self.rules {
+            p = r.decide(s);
+            if p.probability <= 0.0 {
+                return Outcome {
+                    keep: false,
+                    threshold: Threshold::NEVER,
+                    randomness: p.randomness,
+                    decider: p.decider,
+                    priority: false,
+                };
+            }
+        }
+        if let Some(a) = &mut self.adaptive {
+            a.apply(s, &mut p);
+        }
+        let now = s.end_unix_ns();
+        let mut threshold = Threshold::from_probability_clamped(p.probability, self.precision);
+        if let Some(b) = &mut self.budget {
+            threshold = b.apply(s, &mut p, now, self.precision);
+        }
+        Outcome {
+            keep: threshold.keeps(p.randomness),
+            threshold,
+            randomness: p.randomness,
+            decider: p.decider,
+            priority: p.priority,
+        }
+    }
+
+    /// Name of what decided (`kspan.sampling.rule`).
+    pub fn decider_name(&self, d: Decider) -> &str {
+        match d {
+            Decider::Rule(i) => self
+                .rules
+                .as_ref()
+                .and_then(|r| r.rule_name(i))
+                .unwrap_or("rule"),
+            Decider::Default => "default",
+            Decider::Adaptive => "adaptive",
+            Decider::Budget => "budget",
+            Decider::None => "none",
+        }
+    }
+
+    pub fn budget_status(&self, now_unix_ns: u64) -> Option<BudgetStatus> {
+        self.budget.as_ref().map(|b| b.status(now_unix_ns))
+    }
+
+    pub fn rules(&self) -> Option<&RuleSampler> {
+        self.rules.as_ref()
+    }
+
+    pub fn adaptive(&self) -> Option<&Adaptive> {
+        self.adaptive.as_ref()
+    }
+}
+
+/// Writes the decision into a kept span: `ot=th:...` in its trace state (not for 100 %, as
+/// the specification says) and `kspan.sampling.rule`.
+pub fn annotate(span: &mut opentelemetry_sdk::trace::SpanData, o: &Outcome, decider: &str) {
+    if o.threshold != Threshold::ALWAYS {
+        if let Some(th) = o.threshold.encode() {
+            let ctx = &span.span_context;
+            let prev = ctx
+                .trace_state()
+                .get("ot")
+                .map(threshold::OtTraceState::parse);
+            let mut ot = prev.unwrap_or_default();
+            ot.threshold = Some(ot.threshold.map_or(o.threshold, |t| t.max(o.threshold)));
+            let _ = th;
+            if let Ok(ts) = ctx.trace_state().insert("ot", ot.encode()) {
+                span.span_context = opentelemetry::trace::SpanContext::new(
+                    ctx.trace_id(),
+                    ctx.span_id(),
+                    ctx.trace_flags(),
+                    ctx.is_remote(),
+                    ts,
+                );
+            }
+        }
+    }
+    span.attributes
+        .push(KeyValue::new(attr::SAMPLING_RULE, decider.to_string()));
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum AttrValueOwned {
+        Str(String),
+        Int(i64),
+    }
+
+    /// A span for sampler tests and simulations.
+    #[derive(Debug, Clone)]
+    pub struct TestSpan {
+        pub name: String,
+        pub kind: i64,
+        pub status: i64,
+        pub duration: u64,
+        pub end: u64,
+        pub trace_id: [u8; 16],
+        pub attrs: HashMap<String, AttrValueOwned>,
+        pub res: HashMap<String, String>,
+        pub service: String,
+    }
+
+    impl TestSpan {
+        pub fn new(name: &str, kind: i64, status: i64, duration: u64) -> TestSpan {
+            TestSpan {
+                name: name.into(),
+                kind,
+                status,
+                duration,
+                end: 0,
+                trace_id: [0; 16],
+                attrs: HashMap::new(),
+                res: HashMap::new(),
+                service: "svc".into(),
+            }
+        }
+        pub fn attr(mut self, k: &str, v: AttrValueOwned) -> Self {
+            self.attrs.insert(k.into(), v);
+            self
+        }
+        pub fn resource(mut self, k: &str, v: &str) -> Self {
+            self.res.insert(k.into(), v.into());
+            if k == "service.name" {
+                self.service = v.into();
+            }
+            self
+        }
+    }
+
+    impl SpanView for TestSpan {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn kind_code(&self) -> i64 {
+            self.kind
+        }
+        fn status_code(&self) -> i64 {
+            self.status
+        }
+        fn duration_ns(&self) -> u64 {
+            self.duration
+        }
+        fn end_unix_ns(&self) -> u64 {
+            self.end
+        }
+        fn trace_id(&self) -> [u8; 16] {
+            self.trace_id
+        }
+        fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+            self.attrs.get(key).map(|v| match v {
+                AttrValueOwned::Str(s) => AttrValue::Str(s),
+                AttrValueOwned::Int(i) => AttrValue::Int(*i),
+            })
+        }
+        fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+            self.res.get(key).map(|s| AttrValue::Str(s))
+        }
+        fn service_name(&self) -> &str {
+            &self.service
+        }
+        fn size_estimate(&self) -> u64 {
+            200
+        }
+    }
+}
