@@ -678,3 +678,74 @@ fn bad_input_is_a_clear_error() {
     let e = run_fails(&["--syscalls", "reed"], None);
     assert!(e.contains("unknown syscall \"reed\""), "{e}");
 }
+
+/// A sampling config: errors kept by rule, the rest at 50 %; kept spans carry `ot=th:...`
+/// and the rule, dropped ones are counted as sampled_out.
+#[test]
+fn sampling_rules_end_to_end() {
+    require_root();
+    let rx = Receiver::start(0, 0);
+    let dir = std::env::temp_dir().join(format!("kspan-sampling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("kspan.yaml");
+    std::fs::write(
+        &cfg,
+        r#"
+sampling:
+  rules:
+    default_sampling_percentage: 50
+    rules:
+      - name: errors
+        action: keep
+        conditions: ["status == STATUS_CODE_ERROR"]
+"#,
+    )
+    .unwrap();
+    let trigger = Trigger::spawn("ticker", Some(3));
+    let pid = trigger.pid().to_string();
+    let run = Run::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pid",
+        &pid,
+        "--endpoint",
+        &format!("http://127.0.0.1:{}", rx.grpc_port),
+        "--protocol",
+        "grpc",
+        "--batch-timeout",
+        "100ms",
+        "--metrics-addr",
+        "",
+    ]);
+    let ticks = trigger.go()["n"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (summary, _) = run.stop();
+    let spans = rx.spans();
+    let errors: Vec<&Value> = spans.iter().filter(|s| s["status_code"] == 2).collect();
+    let sleeps: Vec<&Value> = by_name(&spans, "clock_nanosleep");
+    assert!(errors.len() as u64 >= ticks, "every failed open kept");
+    for e in &errors {
+        assert_eq!(e["attributes"]["kspan.sampling.rule"], "errors");
+        assert_eq!(e["trace_state"], "", "100 % writes no th");
+    }
+    for s in &sleeps {
+        assert_eq!(s["attributes"]["kspan.sampling.rule"], "default");
+        assert_eq!(s["trace_state"], "ot=th:8");
+        // Kept means R >= T: the trace id's low 56 bits are >= 0x80000000000000.
+        let low14 = &s["trace_id"].as_str().unwrap()[18..];
+        assert!(u64::from_str_radix(low14, 16).unwrap() >= 0x80000000000000);
+    }
+    let built = summary["spans_built"].as_u64().unwrap();
+    let sampled_out = summary["dropped"]["sampled_out"].as_u64().unwrap();
+    let exported = summary["spans_exported"].as_u64().unwrap();
+    assert_eq!(exported, spans.len() as u64);
+    assert_eq!(exported + sampled_out, built, "{summary}");
+    // The sleeps (one per tick) kept at 50 %: within 5 standard deviations.
+    let n = ticks as f64;
+    let kept = sleeps.len() as f64;
+    assert!(
+        (kept - n / 2.0).abs() <= 5.0 * (n * 0.25).sqrt(),
+        "kept {kept} of {n}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

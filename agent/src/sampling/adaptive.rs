@@ -10,8 +10,9 @@
 //! everything, the others share the rest equally. A key's factor may fall at once but rise
 //! at most `max_increase` times per tick. Memory per key is fixed (a latency histogram of
 //! `LAT_BUCKETS` counters); at most `max_keys` keys, later keys share one overflow key.
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+
+use rustc_hash::{FxHashMap, FxHasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -210,7 +211,7 @@ pub struct KeyReport {
 
 pub struct Adaptive {
     cfg: AdaptiveConfig,
-    keys: HashMap<u64, KeyState>,
+    keys: FxHashMap<u64, KeyState>,
     overflow: u64,
     next_tick: u64,
     last_tick: u64,
@@ -222,7 +223,8 @@ pub struct Adaptive {
 }
 
 fn key_hash<S: SpanView + ?Sized>(s: &S) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Fx: fast, and collisions between keys only merge two keys' rates.
+    let mut h = FxHasher::default();
     s.service_name().hash(&mut h);
     s.name().hash(&mut h);
     s.kind_code().hash(&mut h);
@@ -259,7 +261,7 @@ impl Adaptive {
         let slots = (cfg.error_burst_window / cfg.tick).clamp(1, 3600) as usize;
         Ok(Adaptive {
             cfg: cfg.clone(),
-            keys: HashMap::with_capacity(cfg.max_keys + 1),
+            keys: FxHashMap::with_capacity_and_hasher(cfg.max_keys + 1, Default::default()),
             overflow: 0,
             next_tick: 0,
             last_tick: 0,
