@@ -17,3 +17,5 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo -E env PATH=$PATH"; fi
 $SUDO cargo test -p agent --test kernel -- --test-threads=1
 echo "[test] end-to-end OTLP tests (root; real kernel -> kspan run -> Python OTLP receiver)" >&2
 $SUDO cargo test -p agent --test otlp -- --test-threads=1
+echo "[test] kspan hist/top tests (root; strace, bpftrace and tmux as ground truth and driver)" >&2
+$SUDO cargo test -p agent --test hist -- --test-threads=1

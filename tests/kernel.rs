@@ -70,6 +70,14 @@ impl Kspan {
     }
 }
 
+impl Drop for Kspan {
+    /// A failed assertion must not leave kspan attached (it would slow every later test).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn run_trigger(action: &str, arg: Option<u64>, extra: &[&str]) -> (Value, Vec<Value>, Value) {
     require_root();
     let trigger = Trigger::spawn(action, arg);

@@ -178,6 +178,14 @@ impl Run {
     }
 }
 
+impl Drop for Run {
+    /// A failed assertion must not leave kspan attached (it would slow every later test).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect metrics");
     write!(

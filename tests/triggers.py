@@ -132,6 +132,13 @@ def ticker(seconds):
     return {"n": n}
 
 
+def sleeps(n):
+    """n sleeps of 10 ms (clock_nanosleep each)."""
+    for _ in range(n):
+        time.sleep(0.010)
+    return {"n": n}
+
+
 def getppid(n):
     for _ in range(n):
         os.getppid()
@@ -161,6 +168,8 @@ def main():
         out = story()
     elif action == "ticker":
         out = ticker(arg)
+    elif action == "sleeps":
+        out = sleeps(arg)
     elif action == "getppid":
         out = getppid(arg)
     else:

@@ -128,6 +128,7 @@ pub const FILTER_SYSCALL: u32 = 8;
 pub struct ProcHistKey {
     pub pid: u32,
     pub nr: u16,
+    /// log2 bucket, or `HIST_BUCKETS` for the count of failed calls.
     pub bucket: u16,
 }
 

@@ -82,7 +82,11 @@ static STARTS_HASH: HashMap<u32, SyscallStart> = HashMap::with_max_entries(1, 0)
 static SYSCALL_HIST: PerCpuArray<u64> =
     PerCpuArray::with_max_entries((MAX_SYSCALLS * HIST_BUCKETS) as u32, 0);
 
-/// Per-process, per-syscall log2 histograms.
+/// Failed calls (return value < 0) per syscall number.
+#[map]
+static SYSCALL_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SYSCALLS as u32, 0);
+
+/// Per-process, per-syscall log2 histograms; bucket `HIST_BUCKETS` counts failed calls.
 #[map]
 static PROC_HIST_MAP: PerCpuHashMap<ProcHistKey, u64> = PerCpuHashMap::with_max_entries(1, 0);
 
@@ -216,6 +220,21 @@ fn on_sys_enter(nr: i64, arg0: u64) {
     }
 }
 
+#[inline(always)]
+fn proc_hist_add(pid_tgid: u64, nr: u32, bucket: u32) {
+    let key = ProcHistKey {
+        pid: (pid_tgid >> 32) as u32,
+        nr: nr as u16,
+        bucket: bucket as u16,
+    };
+    match PROC_HIST_MAP.get_ptr_mut(&key) {
+        Some(p) => unsafe { *p += 1 },
+        None => {
+            let _ = PROC_HIST_MAP.insert(&key, &1, BPF_NOEXIST as u64);
+        }
+    }
+}
+
 /// Common sys_exit logic. With `regs` (raw tracepoint), arg0 is read from the saved user
 /// registers only when an event is made, not on every syscall.
 #[inline(always)]
@@ -250,17 +269,15 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     if let Some(p) = SYSCALL_HIST.get_ptr_mut(idx) {
         unsafe { *p += 1 };
     }
+    if ret < 0 {
+        if let Some(p) = SYSCALL_ERRORS.get_ptr_mut(nr & (MAX_SYSCALLS as u32 - 1)) {
+            unsafe { *p += 1 };
+        }
+    }
     if setting_u32(&PROC_HIST) != 0 {
-        let key = ProcHistKey {
-            pid: (pid_tgid >> 32) as u32,
-            nr: nr as u16,
-            bucket: bucket as u16,
-        };
-        match PROC_HIST_MAP.get_ptr_mut(&key) {
-            Some(p) => unsafe { *p += 1 },
-            None => {
-                let _ = PROC_HIST_MAP.insert(&key, &1, BPF_NOEXIST as u64);
-            }
+        proc_hist_add(pid_tgid, nr, bucket);
+        if ret < 0 {
+            proc_hist_add(pid_tgid, nr, HIST_BUCKETS as u32);
         }
     }
     if setting_u32(&EMIT_SYSCALLS) == 0 {
@@ -345,6 +362,33 @@ pub fn sys_enter_raw_empty(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_raw_empty(_ctx: RawTracePointContext) -> i32 {
     0
+}
+
+/// Where the clock-floor programs put their reading (so it is not optimized away).
+#[map]
+static CLOCK_SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Raw tracepoint that only reads the clock into a per-CPU slot: the least any latency
+/// measurement pays per hook (benchmarks only).
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter_raw_clock(_ctx: RawTracePointContext) -> i32 {
+    clock_sink();
+    0
+}
+
+/// See `sys_enter_raw_clock`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_raw_clock(_ctx: RawTracePointContext) -> i32 {
+    clock_sink();
+    0
+}
+
+#[inline(always)]
+fn clock_sink() {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(p) = CLOCK_SINK.get_ptr_mut(0) {
+        unsafe { *p = now };
+    }
 }
 
 /// Empty classic tracepoint: the floor cost (benchmarks only).

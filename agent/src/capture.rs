@@ -41,6 +41,8 @@ pub enum SyscallHook {
     EmptyRawTracepoint,
     /// Empty classic tracepoint programs (benchmark floor).
     EmptyTracepoint,
+    /// Raw tracepoint programs that only read the clock (benchmark: the floor of timing).
+    ClockRawTracepoint,
     /// No syscall programs.
     Off,
 }
@@ -221,6 +223,7 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     syscall_hist: PerCpuArray<MapData, u64>,
+    syscall_errors: PerCpuArray<MapData, u64>,
     tcp_hist: PerCpuArray<MapData, u64>,
     proc_hist: PerCpuHashMap<MapData, ProcHistKey, u64>,
     pub config: CaptureConfig,
@@ -310,6 +313,9 @@ impl Capture {
             SyscallHook::EmptyTracepoint => {
                 Some(("sys_enter_tp_empty", "sys_exit_tp_empty", false))
             }
+            SyscallHook::ClockRawTracepoint => {
+                Some(("sys_enter_raw_clock", "sys_exit_raw_clock", true))
+            }
             SyscallHook::Off => None,
         };
         if let Some((enter, exit, raw)) = syscall_programs {
@@ -335,6 +341,7 @@ impl Capture {
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
         let syscall_hist = take_map(&mut ebpf, "SYSCALL_HIST", PerCpuArray::try_from)?;
+        let syscall_errors = take_map(&mut ebpf, "SYSCALL_ERRORS", PerCpuArray::try_from)?;
         let tcp_hist = take_map(&mut ebpf, "TCP_HIST", PerCpuArray::try_from)?;
         let proc_hist = take_map(&mut ebpf, "PROC_HIST_MAP", PerCpuHashMap::try_from)?;
         Ok(Capture {
@@ -342,6 +349,7 @@ impl Capture {
             ring,
             counters,
             syscall_hist,
+            syscall_errors,
             tcp_hist,
             proc_hist,
             config,
@@ -489,6 +497,18 @@ impl Capture {
             }
         }
         Ok(out)
+    }
+
+    /// Failed calls per syscall number (index = nr).
+    pub fn syscall_errors(&self) -> Result<Vec<u64>, CaptureError> {
+        (0..MAX_SYSCALLS as u32)
+            .map(|nr| {
+                self.syscall_errors
+                    .get(&nr, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|e| classify("reading SYSCALL_ERRORS", e))
+            })
+            .collect()
     }
 
     /// TCP connect (index 0) and accept (index 1) latency histograms.

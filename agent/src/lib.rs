@@ -12,6 +12,7 @@ pub mod conns;
 pub mod decode;
 pub mod event;
 pub mod export;
+pub mod hist;
 pub mod metrics;
 pub mod names;
 pub mod procinfo;

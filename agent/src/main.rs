@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use agent::{
     check,
-    cmd::{events, run, sampling, Cli, Command},
+    cmd::{events, hist, run, sampling, Cli, Command},
 };
 use clap::Parser;
 
@@ -66,6 +66,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Hist(args) => report(hist::run_hist(args)),
+        Command::Top(args) => report(hist::run_top(args)),
         Command::Sampling(cmd) => {
             let out = match &cmd {
                 sampling::SamplingCommand::Simulate(a) => sampling::simulate(a),
@@ -102,6 +104,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn report<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kspan: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

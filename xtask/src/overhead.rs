@@ -24,6 +24,9 @@ pub struct Args {
     /// Repeats per set-up; medians are reported.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
+    /// Only set-ups whose name contains one of these (plus "no tracing"); default: all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn dd(count: u64) -> anyhow::Result<Duration> {
@@ -180,6 +183,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ..base.clone()
             },
         ),
+        kspan(
+            "floor + one clock read per hook (raw tracepoints)",
+            CaptureConfig {
+                syscall_hook: SyscallHook::ClockRawTracepoint,
+                ..base.clone()
+            },
+        ),
         ("bpftrace hist()", Setup::Bpftrace),
         kspan(
             "kspan hist-only, classic tp, hash starts",
@@ -207,6 +217,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
         ),
         kspan(
+            "kspan hist (its own config: raw tp, array starts, TCP programs, no events)",
+            CaptureConfig {
+                starts: StartsTable::Array,
+                emit_syscalls: false,
+                emit_failed: false,
+                tcp: true,
+                emit_tcp: false,
+                ring_buffer_bytes: 4096,
+                ..base.clone()
+            },
+        ),
+        kspan(
+            "kspan hist --view process (adds per-process histograms)",
+            CaptureConfig {
+                starts: StartsTable::Array,
+                emit_syscalls: false,
+                emit_failed: false,
+                tcp: true,
+                emit_tcp: false,
+                proc_hist: true,
+                ring_buffer_bytes: 4096,
+                ..base.clone()
+            },
+        ),
+        kspan(
             "kspan events, classic tp, array starts",
             CaptureConfig {
                 syscall_hook: SyscallHook::Tracepoint,
@@ -227,7 +262,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     let mut rows: Vec<Row> = Vec::new();
-    for (name, setup) in &setups {
+    let wanted = |name: &str| {
+        args.only.is_empty()
+            || name == "no tracing"
+            || args.only.iter().any(|o| name.contains(o.as_str()))
+    };
+    for (name, setup) in setups.iter().filter(|(n, _)| wanted(n)) {
         if matches!(setup, Setup::Bpftrace) && !have_bpftrace {
             eprintln!("[bench] bpftrace not installed: skipping its row (KSPAN_SETUP_BENCH=1 scripts/setup installs it)");
             continue;

@@ -1,5 +1,6 @@
 //! Command-line interface: argument types and one entry point per subcommand.
 pub mod events;
+pub mod hist;
 pub mod run;
 pub mod sampling;
 
@@ -28,6 +29,10 @@ pub enum Command {
     },
     /// Stream decoded kernel events as JSON lines on stdout.
     Events(events::EventsArgs),
+    /// Live latency histograms from the kernel (per syscall, per process, TCP connect/accept).
+    Hist(hist::HistArgs),
+    /// Processes or syscalls by total time, count, errors and p99, refreshed.
+    Top(hist::TopArgs),
     /// Trace and export spans over OTLP (or as OTLP JSON lines on stdout).
     Run(run::RunArgs),
     /// Try the samplers: simulate traffic, or explain a decision.
@@ -54,6 +59,9 @@ pub struct FilterArgs {
 
 /// Parses durations like `20ms`, `1s`, `500us`, or a bare number of nanoseconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("a duration cannot be negative (examples: 500us, 20ms, 5s, 1m)".into());
+    }
     if let Ok(ns) = s.parse::<u64>() {
         return Ok(Duration::from_nanos(ns));
     }

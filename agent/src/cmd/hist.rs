@@ -1,0 +1,490 @@
+//! `kspan hist` and `kspan top`: live latency histograms from the kernel's maps (no
+//! per-event transfer).
+use std::{
+    io::{IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+
+use super::{events::capture_config, parse_duration, FilterArgs};
+use crate::{
+    capture::{Capture, CaptureError, SyscallHook},
+    hist::{fmt_ns, rows, Comms, Row, Snapshot, SortBy, View},
+};
+
+#[derive(Debug, Args, Clone)]
+pub struct HistArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// What to show.
+    #[arg(long, value_enum, default_value = "syscall")]
+    pub view: View,
+    /// Refresh interval (e.g. 1s, 500ms).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", allow_hyphen_values = true)]
+    pub interval: Duration,
+    /// Stop after this many refreshes (default: until interrupted or `q`).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Show totals since start instead of each interval.
+    #[arg(long)]
+    pub cumulative: bool,
+    /// Text blocks even on a terminal.
+    #[arg(long)]
+    pub plain: bool,
+    /// One JSON document per interval (buckets as [lower_ns, upper_ns, count]).
+    #[arg(long, conflicts_with = "plain")]
+    pub json: bool,
+    /// Histograms printed per interval in text mode.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Row order.
+    #[arg(long, value_enum, default_value = "time")]
+    pub sort: SortBy,
+}
+
+/// `kspan top`: the table alone.
+#[derive(Debug, Args, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Rows are processes or syscalls.
+    #[arg(long, value_enum, default_value = "process")]
+    pub by: TopBy,
+    /// Refresh interval (e.g. 1s, 500ms).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", allow_hyphen_values = true)]
+    pub interval: Duration,
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[arg(long)]
+    pub plain: bool,
+    #[arg(long, conflicts_with = "plain")]
+    pub json: bool,
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    #[arg(long, value_enum, default_value = "time")]
+    pub sort: SortBy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopBy {
+    Process,
+    Syscall,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Events(#[from] super::events::EventsError),
+    #[error("--interval must be more than 0")]
+    Interval,
+    #[error("writing output: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("terminal: {0}")]
+    Terminal(#[source] std::io::Error),
+}
+
+/// How output is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Json,
+    Plain,
+    Interactive,
+}
+
+struct Opts {
+    view: View,
+    interval: Duration,
+    count: Option<u64>,
+    cumulative: bool,
+    mode: Mode,
+    top: usize,
+    sort: SortBy,
+    table_only: bool,
+}
+
+pub fn run_hist(a: HistArgs) -> Result<(), HistError> {
+    let mode = pick_mode(a.json, a.plain);
+    run(
+        &a.filter,
+        Opts {
+            view: a.view,
+            interval: a.interval,
+            count: a.count,
+            cumulative: a.cumulative,
+            mode,
+            top: a.top,
+            sort: a.sort,
+            table_only: false,
+        },
+    )
+}
+
+pub fn run_top(a: TopArgs) -> Result<(), HistError> {
+    let mode = pick_mode(a.json, a.plain);
+    run(
+        &a.filter,
+        Opts {
+            view: match a.by {
+                TopBy::Process => View::Process,
+                TopBy::Syscall => View::Syscall,
+            },
+            interval: a.interval,
+            count: a.count,
+            cumulative: false,
+            mode,
+            top: a.top,
+            sort: a.sort,
+            table_only: true,
+        },
+    )
+}
+
+fn pick_mode(json: bool, plain: bool) -> Mode {
+    if json {
+        Mode::Json
+    } else if plain || !std::io::stdout().is_terminal() {
+        Mode::Plain
+    } else {
+        Mode::Interactive
+    }
+}
+
+fn start(filter: &FilterArgs, o: &Opts) -> Result<Capture, HistError> {
+    if o.interval.is_zero() {
+        return Err(HistError::Interval);
+    }
+    let mut cc = capture_config(filter)?;
+    cc.syscall_hook = SyscallHook::RawTracepoint;
+    cc.emit_syscalls = false;
+    cc.emit_failed = false;
+    cc.emit_tcp = false;
+    cc.tcp = true;
+    // Per-process histograms cost a hash update per syscall: only when they can be shown.
+    cc.proc_hist = o.view == View::Process || o.mode == Mode::Interactive;
+    cc.ring_buffer_bytes = 4096;
+    Ok(Capture::start(cc)?)
+}
+
+fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
+    let capture = start(filter, &o)?;
+    if o.mode == Mode::Interactive {
+        return interactive(&capture, o);
+    }
+    let stop = ctrlc_flag().map_err(HistError::Terminal)?;
+    let mut prev = Snapshot::default();
+    let mut comms = Comms::default();
+    let mut n = 0u64;
+    let mut out = std::io::stdout().lock();
+    eprintln!("kspan: measuring (histograms in the kernel); stop with Ctrl-C");
+    loop {
+        let t0 = Instant::now();
+        while t0.elapsed() < o.interval {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20).min(o.interval));
+        }
+        let cur = Snapshot::read(&capture, o.view == View::Process)?;
+        comms.learn(&cur);
+        let shown = if o.cumulative {
+            cur.clone()
+        } else {
+            cur.since(&prev)
+        };
+        prev = cur;
+        let rs = rows(&shown, o.view, o.sort, &comms);
+        let text = match o.mode {
+            Mode::Json => json_doc(&o, &rs),
+            _ if o.table_only => table_text(&o, &rs),
+            _ => hist_text(&o, &rs),
+        };
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .map_err(HistError::Output)?;
+        n += 1;
+        if o.count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+    }
+}
+
+/// SIGINT/SIGTERM set a flag (the loop checks it every 20 ms).
+fn ctrlc_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook_registry(sig, flag.clone())?;
+    }
+    Ok(flag)
+}
+
+fn signal_hook_registry(
+    sig: i32,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    signal_hook::flag::register(sig, flag).map(|_| ())
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+fn view_name(v: View) -> &'static str {
+    match v {
+        View::Syscall => "syscall",
+        View::Process => "process",
+        View::Connect => "connect",
+        View::Accept => "accept",
+    }
+}
+
+fn json_doc(o: &Opts, rs: &[Row]) -> String {
+    let doc = serde_json::json!({
+        "time": now_rfc3339(),
+        "interval_s": o.interval.as_secs_f64(),
+        "cumulative": o.cumulative,
+        "view": view_name(o.view),
+        "rows": rs,
+    });
+    format!("{doc}\n")
+}
+
+fn summary_line(r: &Row) -> String {
+    let q = |v: Option<u64>| v.map_or("-".into(), |v| fmt_ns(v as f64));
+    format!(
+        "count {}  errors {}  total ~{}  p50 {}  p90 {}  p99 {}  max < {}",
+        r.count,
+        r.errors,
+        fmt_ns(r.total_ns_est),
+        q(r.p50_ns),
+        q(r.p90_ns),
+        q(r.p99_ns),
+        q(r.max_ns)
+    )
+}
+
+fn hist_text(o: &Opts, rs: &[Row]) -> String {
+    let mut s = format!(
+        "[{}] {} latency, {} (top {} by {:?})\n",
+        now_rfc3339(),
+        view_name(o.view),
+        if o.cumulative {
+            "since start".to_string()
+        } else {
+            format!("last {}", humantime::format_duration(o.interval))
+        },
+        o.top,
+        o.sort
+    );
+    if rs.iter().all(|r| r.count == 0) {
+        s.push_str("     (no calls)\n\n");
+        return s;
+    }
+    for r in rs.iter().filter(|r| r.count > 0).take(o.top) {
+        s.push_str(&format!("\n{}: {}\n", r.label, summary_line(r)));
+        s.push_str(&r.hist.render(40));
+    }
+    s.push('\n');
+    s
+}
+
+fn table_text(o: &Opts, rs: &[Row]) -> String {
+    let mut s = format!(
+        "[{}] {} by {:?}, last {}\n{:<28} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
+        now_rfc3339(),
+        if o.view == View::Process {
+            "processes"
+        } else {
+            "syscalls"
+        },
+        o.sort,
+        humantime::format_duration(o.interval),
+        if o.view == View::Process {
+            "PID COMM"
+        } else {
+            "SYSCALL"
+        },
+        "COUNT",
+        "ERRORS",
+        "TOTAL",
+        "P50",
+        "P99",
+        "MAX<"
+    );
+    let q = |v: Option<u64>| v.map_or("-".into(), |v| fmt_ns(v as f64));
+    for r in rs.iter().filter(|r| r.count > 0).take(o.top) {
+        s.push_str(&format!(
+            "{:<28} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
+            r.label.chars().take(28).collect::<String>(),
+            r.count,
+            r.errors,
+            fmt_ns(r.total_ns_est),
+            q(r.p50_ns),
+            q(r.p99_ns),
+            q(r.max_ns)
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+/// The full-screen view: a sortable table and the selected row's histogram.
+fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
+    use ratatui::{
+        crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+        layout::{Constraint, Layout},
+        style::{Modifier, Style},
+        text::Line,
+        widgets::{Block, Borders, Cell, Paragraph, Row as TRow, Table, TableState},
+    };
+
+    let mut terminal = ratatui::try_init().map_err(HistError::Terminal)?;
+    let result = (|| -> Result<(), HistError> {
+        let mut prev = Snapshot::default();
+        let mut comms = Comms::default();
+        let mut shown_rows: Vec<Row> = Vec::new();
+        let mut state = TableState::default().with_selected(Some(0));
+        let mut paused = false;
+        let mut next = Instant::now();
+        let mut n = 0u64;
+        loop {
+            if !paused && Instant::now() >= next {
+                let cur = Snapshot::read(capture, true)?;
+                comms.learn(&cur);
+                let shown = if o.cumulative {
+                    cur.clone()
+                } else {
+                    cur.since(&prev)
+                };
+                prev = cur;
+                shown_rows = rows(&shown, o.view, o.sort, &comms);
+                next = Instant::now() + o.interval;
+                n += 1;
+                if o.count.is_some_and(|c| n > c) {
+                    return Ok(());
+                }
+            }
+            let sel = state
+                .selected()
+                .unwrap_or(0)
+                .min(shown_rows.len().saturating_sub(1));
+            state.select(Some(sel));
+            terminal
+                .draw(|f| {
+                    let [head, table, hist, help] = Layout::vertical([
+                        Constraint::Length(1),
+                        Constraint::Percentage(45),
+                        Constraint::Min(5),
+                        Constraint::Length(1),
+                    ])
+                    .areas(f.area());
+                    f.render_widget(
+                        Paragraph::new(format!(
+                            "kspan {} view, {}, sorted by {:?}{}",
+                            view_name(o.view),
+                            if o.cumulative {
+                                "since start".to_string()
+                            } else {
+                                format!("every {}", humantime::format_duration(o.interval))
+                            },
+                            o.sort,
+                            if paused { "  [paused]" } else { "" }
+                        )),
+                        head,
+                    );
+                    let q = |v: Option<u64>| v.map_or("-".into(), |v| fmt_ns(v as f64));
+                    let trows: Vec<TRow> = shown_rows
+                        .iter()
+                        .map(|r| {
+                            TRow::new(vec![
+                                Cell::from(r.label.clone()),
+                                Cell::from(r.count.to_string()),
+                                Cell::from(r.errors.to_string()),
+                                Cell::from(fmt_ns(r.total_ns_est)),
+                                Cell::from(q(r.p50_ns)),
+                                Cell::from(q(r.p99_ns)),
+                                Cell::from(q(r.max_ns)),
+                            ])
+                        })
+                        .collect();
+                    let t = Table::new(
+                        trows,
+                        [
+                            Constraint::Min(20),
+                            Constraint::Length(10),
+                            Constraint::Length(8),
+                            Constraint::Length(10),
+                            Constraint::Length(9),
+                            Constraint::Length(9),
+                            Constraint::Length(9),
+                        ],
+                    )
+                    .header(
+                        TRow::new(vec![
+                            "NAME", "COUNT", "ERRORS", "TOTAL", "P50", "P99", "MAX<",
+                        ])
+                        .style(Style::default().add_modifier(Modifier::BOLD)),
+                    )
+                    .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED))
+                    .block(Block::default().borders(Borders::ALL).title("table"));
+                    f.render_stateful_widget(t, table, &mut state);
+                    let text = match shown_rows.get(sel) {
+                        Some(r) => {
+                            format!("{}: {}\n{}", r.label, summary_line(r), r.hist.render(30))
+                        }
+                        None => "(no calls yet)".to_string(),
+                    };
+                    f.render_widget(
+                        Paragraph::new(text)
+                            .block(Block::default().borders(Borders::ALL).title("histogram")),
+                        hist,
+                    );
+                    f.render_widget(
+                        Line::from(
+                            "q quit  up/down select  s sort  v view  c cumulative  space pause",
+                        ),
+                        help,
+                    );
+                })
+                .map_err(HistError::Terminal)?;
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
+            if event::poll(wait).map_err(HistError::Terminal)? {
+                match event::read().map_err(HistError::Terminal)? {
+                    Event::Key(k) if k.kind == KeyEventKind::Press => match k.code {
+                        KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
+                            return Ok(())
+                        }
+                        KeyCode::Down | KeyCode::Char('j') => state.select(Some(sel + 1)),
+                        KeyCode::Up | KeyCode::Char('k') => {
+                            state.select(Some(sel.saturating_sub(1)))
+                        }
+                        KeyCode::Char('s') => {
+                            o.sort = o.sort.next();
+                            next = Instant::now();
+                        }
+                        KeyCode::Char('v') => {
+                            o.view = o.view.next();
+                            next = Instant::now();
+                        }
+                        KeyCode::Char('c') => {
+                            o.cumulative = !o.cumulative;
+                            next = Instant::now();
+                        }
+                        KeyCode::Char(' ') => paused = !paused,
+                        _ => {}
+                    },
+                    // Resizes are redrawn on the next pass.
+                    _ => {}
+                }
+            }
+        }
+    })();
+    ratatui::restore();
+    result
+}

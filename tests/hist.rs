@@ -1,0 +1,363 @@
+//! `kspan hist` / `kspan top` on the real kernel against ground truth (strace's counts,
+//! bpftrace's hist(), known sleeps and connects), and the interactive view driven in tmux.
+//!
+//! Run as root, one at a time: `cargo test -p agent --test hist -- --test-threads=1`.
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+mod common;
+
+use common::{require_root, Trigger, KSPAN};
+
+/// A running `kspan hist --json ...` (cumulative), stopped with SIGTERM.
+struct Hist {
+    child: Child,
+}
+
+impl Hist {
+    fn start(args: &[&str]) -> Hist {
+        let mut child = Command::new(KSPAN)
+            .args(["hist", "--json", "--cumulative", "--interval", "200ms"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kspan hist");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("measuring"),
+            "kspan hist did not start: {line}"
+        );
+        Hist { child }
+    }
+
+    /// Stops and returns the last document.
+    fn stop(mut self) -> Value {
+        std::thread::sleep(Duration::from_millis(600));
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(self.child.wait().unwrap().success());
+        let last = out.lines().last().expect("at least one document");
+        serde_json::from_str(last).expect("JSON document")
+    }
+}
+
+impl Drop for Hist {
+    /// A failed assertion must not leave kspan attached.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn row(doc: &Value, pred: impl Fn(&Value) -> bool) -> &Value {
+    doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| pred(r))
+        .unwrap_or_else(|| panic!("no such row in {doc}"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+/// strace's call counts (`-c`) for a command.
+fn strace_counts(cmd: &[&str]) -> std::collections::HashMap<String, u64> {
+    let out = std::env::temp_dir().join(format!("kspan-strace-{}", std::process::id()));
+    let st = Command::new("strace")
+        .args(["-c", "-o"])
+        .arg(&out)
+        .args(cmd)
+        .stderr(Stdio::null())
+        .status()
+        .expect("strace");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    let mut m = std::collections::HashMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // % time, seconds, usecs/call, calls, [errors], syscall
+        if f.len() >= 5 && f[0].parse::<f64>().is_ok() {
+            if let Ok(calls) = f[3].parse::<u64>() {
+                m.insert(f[f.len() - 1].to_string(), calls);
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn dd_counts_match_strace_exactly() {
+    require_root();
+    assert!(
+        have("strace"),
+        "strace missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
+    );
+    let h = Hist::start(&["--view", "process", "--comm", "dd"]);
+    let truth = strace_counts(&["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=200000"]);
+    let doc = h.stop();
+    assert_eq!(doc["view"], "process");
+    let dd = row(&doc, |r| r["comm"] == "dd");
+    let calls = |name: &str| -> u64 {
+        dd["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p[0] == name)
+            .map_or(0, |p| p[1].as_u64().unwrap())
+    };
+    assert!(truth["read"] >= 200_000, "{truth:?}");
+    assert_eq!(calls("read"), truth["read"], "reads: kspan vs strace");
+    assert_eq!(calls("write"), truth["write"], "writes: kspan vs strace");
+    // Buckets are [lower, upper, count] and add up to the count.
+    let sum: u64 = dd["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[2].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, dd["count"].as_u64().unwrap());
+}
+
+#[test]
+fn ten_ms_sleeps_land_in_their_bucket() {
+    require_root();
+    let t = Trigger::spawn("sleeps", Some(50));
+    let pid = t.pid().to_string();
+    let h = Hist::start(&["--pid", &pid, "--syscalls", "clock_nanosleep"]);
+    t.go();
+    let doc = h.stop();
+    let r = row(&doc, |r| r["syscall"] == "clock_nanosleep");
+    assert_eq!(r["count"], 50);
+    // 10 ms has bit length 24: [2^23, 2^24) ns.
+    assert_eq!(
+        r["buckets"],
+        serde_json::json!([[8_388_608u64, 16_777_216u64, 50]])
+    );
+    let p50 = r["p50_ns"].as_u64().unwrap();
+    assert!((8_388_608..16_777_216).contains(&p50));
+}
+
+#[test]
+fn loopback_connect_and_accept_are_counted() {
+    require_root();
+    for (view, trigger) in [("connect", "tcp4"), ("accept", "tcp6")] {
+        let t = Trigger::spawn(trigger, None);
+        let pid = t.pid().to_string();
+        let h = Hist::start(&["--pid", &pid, "--view", view]);
+        t.go();
+        let doc = h.stop();
+        let r = row(&doc, |_| true);
+        assert_eq!(r["label"], format!("tcp {view}"));
+        assert_eq!(r["count"], 1, "{view}: {doc}");
+    }
+}
+
+/// Same workload through bpftrace's hist(): the same total, and bucket counts that differ
+/// only where the two tools' own timestamps put a call on different sides of a power of two.
+#[test]
+fn bpftrace_hist_agrees() {
+    require_root();
+    assert!(
+        have("bpftrace"),
+        "bpftrace missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
+    );
+    let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "dd" && args->id == 0/ { @s[tid] = nsecs; }
+tracepoint:raw_syscalls:sys_exit /@s[tid]/ { @h = hist(nsecs - @s[tid]); delete(@s[tid]); }"#;
+    let mut bt = Command::new("bpftrace")
+        .args(["-f", "json", "-e", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut bt_out = BufReader::new(bt.stdout.take().unwrap());
+    let mut line = String::new();
+    let t0 = Instant::now();
+    while !line.contains("attached_probes") {
+        line.clear();
+        bt_out.read_line(&mut line).unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "bpftrace did not start"
+        );
+    }
+    let h = Hist::start(&["--comm", "dd", "--syscalls", "read"]);
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=50000"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let doc = h.stop();
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    bt_out.read_to_string(&mut rest).unwrap();
+    bt.wait().unwrap();
+    let hist_line = rest
+        .lines()
+        .find(|l| l.contains("\"type\": \"hist\""))
+        .expect("bpftrace hist output");
+    let bth: Value = serde_json::from_str(hist_line).unwrap();
+    // bpftrace buckets: {min, max, count} with [min, max] inclusive powers of two.
+    let mut theirs = std::collections::BTreeMap::new();
+    for b in bth["data"]["@h"].as_array().unwrap() {
+        let min = b["min"].as_u64().unwrap_or(0);
+        theirs.insert(min, b["count"].as_u64().unwrap());
+    }
+    let r = row(&doc, |r| r["syscall"] == "read");
+    let mut ours = std::collections::BTreeMap::new();
+    for b in r["buckets"].as_array().unwrap() {
+        if b[2].as_u64().unwrap() > 0 {
+            ours.insert(b[0].as_u64().unwrap(), b[2].as_u64().unwrap());
+        }
+    }
+    let total_ours: u64 = ours.values().sum();
+    let total_theirs: u64 = theirs.values().sum();
+    assert_eq!(
+        total_ours, total_theirs,
+        "ours {ours:?} bpftrace {theirs:?}"
+    );
+    let keys: std::collections::BTreeSet<u64> = ours.keys().chain(theirs.keys()).copied().collect();
+    let moved: u64 = keys
+        .iter()
+        .map(|k| {
+            ours.get(k)
+                .copied()
+                .unwrap_or(0)
+                .abs_diff(theirs.get(k).copied().unwrap_or(0))
+        })
+        .sum::<u64>()
+        / 2;
+    eprintln!("ours {ours:?}\nbpftrace {theirs:?}\nmoved across a bucket edge: {moved}");
+    assert!(
+        moved * 100 <= total_ours,
+        "more than 1 % of calls in different buckets: ours {ours:?} bpftrace {theirs:?}"
+    );
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn interactive_view_in_tmux() {
+    require_root();
+    assert!(
+        have("tmux"),
+        "tmux missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
+    );
+    let session = format!("kspan-test-{}", std::process::id());
+    let _ = tmux(&["kill-session", "-t", &session]);
+    let cmd = format!("{KSPAN} hist --comm dd --interval 300ms; echo EXITED $?; sleep 30");
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
+    ]);
+    let capture = || tmux(&["capture-pane", "-p", "-t", &session]);
+    let wait_for = |what: &str| -> String {
+        let t0 = Instant::now();
+        loop {
+            let pane = capture();
+            if pane.contains(what) {
+                return pane;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no {what:?} in:\n{pane}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("q quit");
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=20000"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Cumulative, so the counts stay on screen.
+    tmux(&["send-keys", "-t", &session, "c"]);
+    let pane = wait_for("nsecs");
+    assert!(
+        pane.contains("NAME") && pane.contains("COUNT") && pane.contains("P99"),
+        "{pane}"
+    );
+    assert!(pane.contains("read"), "{pane}");
+    assert!(pane.contains("since start"), "{pane}");
+    // Resize: still running and drawing.
+    tmux(&["resize-window", "-t", &session, "-x", "60", "-y", "15"]);
+    std::thread::sleep(Duration::from_millis(800));
+    tmux(&["resize-window", "-t", &session, "-x", "100", "-y", "30"]);
+    wait_for("q quit");
+    assert!(!capture().contains("EXITED"));
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let pane = wait_for("EXITED");
+    assert!(pane.contains("EXITED 0"), "{pane}");
+    let _ = tmux(&["kill-session", "-t", &session]);
+}
+
+#[test]
+fn top_prints_a_table() {
+    require_root();
+    let out = Command::new(KSPAN)
+        .args([
+            "top",
+            "--by",
+            "syscall",
+            "--plain",
+            "--interval",
+            "300ms",
+            "--count",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("SYSCALL").count(), 2, "{text}");
+    assert!(text.contains("COUNT") && text.contains("P99"), "{text}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let run = |args: &[&str]| {
+        let out = Command::new(KSPAN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["hist", "--syscalls", "reed"]).contains("unknown syscall \"reed\""));
+    let e = run(&["hist", "--view", "sideways"]);
+    assert!(
+        e.contains("invalid value 'sideways'") && e.contains("syscall, process, connect, accept"),
+        "{e}"
+    );
+    assert!(run(&["hist", "--interval", "-1s"]).contains("invalid value '-1s'"));
+    assert!(run(&["hist", "--interval", "0"]).contains("--interval must be more than 0"));
+    assert!(run(&["top", "--by", "thread"]).contains("invalid value 'thread'"));
+}
