@@ -413,3 +413,54 @@ fn in_kernel_histograms_count_exactly() {
     assert_eq!(counters.submitted, 0, "histogram-only mode made events");
     assert!(counters.syscalls_measured >= n);
 }
+
+/// Names (as bpftool shows them, at most 15 bytes) of kspan's programs still loaded.
+fn kspan_programs_loaded() -> usize {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool (KSPAN_SETUP_TEST=1 scripts/setup installs it)");
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs
+        .iter()
+        .filter(|p| {
+            let n = p["name"].as_str().unwrap_or("");
+            [
+                "sys_enter_raw",
+                "sys_exit_raw",
+                "sock_set_state_",
+                "tcp_retransmit_",
+                "tcp_receive_res",
+            ]
+            .iter()
+            .any(|k| n.starts_with(k))
+        })
+        .count()
+}
+
+fn wait_unloaded() -> usize {
+    let t0 = Instant::now();
+    loop {
+        let n = kspan_programs_loaded();
+        if n == 0 || t0.elapsed() > Duration::from_secs(5) {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Nothing stays attached after a clean stop (SIGTERM) or a crash (SIGKILL).
+#[test]
+fn programs_are_gone_after_exit_and_after_a_crash() {
+    require_root();
+    assert_eq!(wait_unloaded(), 0, "kspan programs loaded before the test");
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        let k = Kspan::start(&["--comm", "nothing-here"]);
+        let loaded = kspan_programs_loaded();
+        assert!(loaded >= 5, "{loaded} kspan programs while running");
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(k.child.id() as i32, signal) };
+        drop(k);
+        assert_eq!(wait_unloaded(), 0, "programs left after signal {signal}");
+    }
+}
