@@ -21,3 +21,6 @@ echo "[test] end-to-end OTLP tests (root; real kernel -> kspan run -> Python OTL
 $SUDO cargo test -p agent --test otlp -- --test-threads=1
 echo "[test] kspan hist/top tests (root; strace, bpftrace and tmux as ground truth and driver)" >&2
 $SUDO cargo test -p agent --test hist -- --test-threads=1
+echo "[test] container image (static binary in an empty image; podman + runc)" >&2
+$SUDO scripts/image
+$SUDO cargo test -p agent --test image -- --test-threads=1
