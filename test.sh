@@ -11,8 +11,9 @@ echo "[test] cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "[test] unit tests" >&2
 cargo test --workspace --lib --bins --quiet
-echo "[test] Kubernetes manifests (kubernetes-validate --strict, offline)" >&2
+echo "[test] Kubernetes manifests (kubernetes-validate --strict, offline) and pod metadata (local API)" >&2
 cargo test -p agent --test deploy --quiet
+cargo test -p agent --test k8s --quiet
 echo "[test] kernel integration tests (root, one at a time)" >&2
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo -E env PATH=$PATH"; fi

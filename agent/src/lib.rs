@@ -13,9 +13,17 @@ pub mod decode;
 pub mod event;
 pub mod export;
 pub mod hist;
+pub mod k8s;
 pub mod metrics;
 pub mod names;
 pub mod procinfo;
 pub mod sampling;
 pub mod source;
 pub mod spans;
+
+/// Selects the TLS crypto provider once per process. Two providers are compiled in (ring
+/// for tonic and kube, aws-lc-rs through reqwest), so rustls cannot pick one itself and would
+/// panic on the first https connection.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

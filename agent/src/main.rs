@@ -9,6 +9,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,agent=info"))
         .init();
+    agent::init_tls();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { json } => {

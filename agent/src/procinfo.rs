@@ -148,6 +148,8 @@ struct Entry {
     start_time: Option<u64>,
     checked: Instant,
     res: Arc<ProcResource>,
+    /// In a container whose pod was not known yet: look again on the next event.
+    pod_pending: Option<String>,
 }
 
 /// Cache of resources by pid.
@@ -156,6 +158,7 @@ pub struct ProcessCache {
     host: HostResource,
     service_names: BTreeMap<String, String>,
     entries: HashMap<u32, Entry>,
+    pods: Option<Arc<crate::k8s::PodCache>>,
     next_id: u64,
     /// Times /proc was read (for tests and metrics).
     pub reads: u64,
@@ -176,17 +179,29 @@ impl ProcessCache {
             host,
             service_names,
             entries: HashMap::new(),
+            pods: None,
             next_id: 1,
             reads: 0,
         }
+    }
+
+    /// Adds Kubernetes pod metadata to processes in containers of known pods.
+    pub fn with_pods(mut self, pods: Option<Arc<crate::k8s::PodCache>>) -> ProcessCache {
+        self.pods = pods;
+        self
     }
 
     /// The resource of `pid`, whose task had `comm` when the event happened. pid 0: the
     /// owner is unknown (e.g. a listener older than kspan).
     pub fn get(&mut self, pid: u32, comm: &[u8; COMM_LEN]) -> Arc<ProcResource> {
         let now = Instant::now();
+        let pods = self.pods.clone();
         if let Some(e) = self.entries.get_mut(&pid) {
-            if e.comm == *comm {
+            let pod_arrived = match (&e.pod_pending, &pods) {
+                (Some(cid), Some(p)) => p.get(cid).is_some(),
+                _ => false,
+            };
+            if e.comm == *comm && !pod_arrived {
                 if now.duration_since(e.checked) < REVALIDATE_AFTER {
                     return e.res.clone();
                 }
@@ -206,7 +221,15 @@ impl ProcessCache {
             self.reads += 1;
             ProcFacts::read(&self.proc_root, pid)
         };
-        let res = Arc::new(self.build(pid, comm, &facts));
+        let pod = match (&facts.container_id, &self.pods) {
+            (Some(cid), Some(p)) => p.get(cid),
+            _ => None,
+        };
+        let pod_pending = match (&pod, &self.pods) {
+            (None, Some(_)) => facts.container_id.clone(),
+            _ => None,
+        };
+        let res = Arc::new(self.build(pid, comm, &facts, pod.as_deref()));
         self.entries.insert(
             pid,
             Entry {
@@ -214,12 +237,19 @@ impl ProcessCache {
                 start_time: facts.start_time,
                 checked: now,
                 res: res.clone(),
+                pod_pending,
             },
         );
         res
     }
 
-    fn build(&mut self, pid: u32, comm: &[u8; COMM_LEN], f: &ProcFacts) -> ProcResource {
+    fn build(
+        &mut self,
+        pid: u32,
+        comm: &[u8; COMM_LEN],
+        f: &ProcFacts,
+        pod: Option<&crate::k8s::PodMeta>,
+    ) -> ProcResource {
         let comm = comm_str(comm);
         let exe_name = f
             .exe_path
@@ -236,6 +266,7 @@ impl ProcessCache {
                 .or_else(|| self.service_names.get(&comm))
                 .cloned()
                 .or_else(|| f.otel_service_name.clone())
+                .or_else(|| pod.and_then(|p| p.workload_name()).map(str::to_string))
                 .unwrap_or_else(|| exe_name.clone())
         };
         let mut attrs = self.host.attributes.clone();
@@ -254,6 +285,9 @@ impl ProcessCache {
             }
             if let Some(c) = &f.container_id {
                 attrs.push(KeyValue::new("container.id", c.clone()));
+            }
+            if let Some(p) = pod {
+                attrs.extend(p.attributes());
             }
         }
         let id = self.next_id;
@@ -363,6 +397,58 @@ mod tests {
         let unknown = cache.get(0, &[0; COMM_LEN]);
         assert_eq!(unknown.service_name, "unknown_service");
         assert_eq!(attr(&unknown, "process.pid"), None);
+    }
+
+    #[test]
+    fn pod_metadata_joins_when_the_pod_is_known() {
+        let dir = std::env::temp_dir().join(format!("kspan-pod-{}", std::process::id()));
+        let p = dir.join("77");
+        std::fs::create_dir_all(&p).unwrap();
+        let id = "7a1f0c0e5b8d4b7f9d0c2a1e3f4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b";
+        std::fs::write(
+            p.join("cgroup"),
+            format!("0::/kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope\n"),
+        )
+        .unwrap();
+        let pods = Arc::new(crate::k8s::PodCache::default());
+        let mut cache = ProcessCache::with_proc_root(
+            dir.clone(),
+            HostResource { attributes: vec![] },
+            BTreeMap::new(),
+        )
+        .with_pods(Some(pods.clone()));
+        // The pod is not known yet: container.id only.
+        let r = cache.get(77, &comm("checkout"));
+        assert_eq!(attr(&r, "container.id").as_deref(), Some(id));
+        assert_eq!(attr(&r, "k8s.pod.name"), None);
+        assert_eq!(r.service_name, "checkout");
+        let list: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/data/k8s/pods-node-1.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(list["items"][0].clone()).unwrap();
+        pods.upsert(&pod);
+        // Next event: rebuilt with the pod's attributes; service.name from the Deployment.
+        let r2 = cache.get(77, &comm("checkout"));
+        assert_ne!(r2.id, r.id);
+        assert_eq!(
+            attr(&r2, "k8s.pod.name").as_deref(),
+            Some("checkout-7d9f8c6b5-x2k4p")
+        );
+        assert_eq!(
+            attr(&r2, "k8s.deployment.name").as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(attr(&r2, "k8s.namespace.name").as_deref(), Some("shop"));
+        assert_eq!(r2.service_name, "checkout");
+        // And cached from then on.
+        assert_eq!(cache.get(77, &comm("checkout")).id, r2.id);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

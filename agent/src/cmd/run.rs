@@ -294,10 +294,20 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
     let (event_tx, event_rx) = mpsc::channel::<Vec<RawEvent>>(EVENT_QUEUE_CHUNKS);
     let exporter =
         tokio::spawn(ExportStage::new(sink, span_rx, config.pipeline.clone(), stats.clone()).run());
+    let pods = match crate::k8s::connect().await {
+        Some((client, node)) => {
+            eprintln!("kspan: following the pods of node {node} for Kubernetes metadata");
+            let cache = Arc::new(crate::k8s::PodCache::default());
+            tokio::spawn(crate::k8s::follow(client, node, cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
     let procs = ProcessCache::new(
         HostResource::detect(&config.resource.attributes),
         config.resource.service_names.clone(),
-    );
+    )
+    .with_pods(pods);
     let builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
     let sampler = match &config.sampling {
         Some(c) => Some(
