@@ -757,3 +757,66 @@ sampling:
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / hz
+}
+
+/// A syscall flood where every syscall is a span: the governor raises the minimum duration
+/// until the agent's own CPU is back under its budget, and says so.
+#[test]
+fn overhead_governor_engages_under_a_flood() {
+    require_root();
+    let metrics_port = free_port();
+    let run = Run::start(&[
+        "--comm",
+        "dd",
+        "--min-duration",
+        "0",
+        "--exporter",
+        "none",
+        "--cpu-budget",
+        "15",
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let pid = run.pid();
+    let mut dd = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=40000000"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Give the governor a few ticks, then measure the agent's CPU over 5 s of flood.
+    std::thread::sleep(Duration::from_secs(3));
+    let c0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu_pct = 100.0 * (cpu_seconds(pid) - c0) / 5.0;
+    let (_, metrics) = http_get(metrics_port, "/metrics");
+    let _ = dd.kill();
+    let _ = dd.wait();
+    let governed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kspan_governor_min_duration_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("governor gauge");
+    let stderr = run.stderr.lock().unwrap().join("\n");
+    let (summary, _) = run.stop();
+    eprintln!("agent CPU {cpu_pct:.1}% with min duration {governed}s; {summary}");
+    assert!(governed > 0.0, "the governor raised the minimum duration");
+    assert!(
+        stderr.contains("overhead governor"),
+        "it reported doing so:\n{stderr}"
+    );
+    assert!(
+        cpu_pct < 15.0 * 1.5,
+        "agent CPU {cpu_pct:.1}% stays near its 15% budget"
+    );
+    // Every syscall is still measured in the kernel histograms.
+    assert!(summary["kernel"]["syscalls_measured"].as_u64().unwrap() > 1_000_000);
+}

@@ -69,6 +69,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
+/// Settings userspace changes while running (globals are frozen at load). Index 0: a minimum
+/// duration (ns) that overrides MIN_DURATION_NS when larger (the overhead governor).
+#[map]
+static RUNTIME: Array<u64> = Array::with_max_entries(1, 0);
+
 /// In-flight syscall starts, indexed by tid. max_entries set to pid_max by userspace.
 #[map]
 static STARTS_ARRAY: Array<SyscallStart> = Array::with_max_entries(1, 0);
@@ -284,7 +289,8 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
         return;
     }
     let failed = ret < 0 && setting_u32(&EMIT_FAILED) != 0;
-    if duration < setting_u64(&MIN_DURATION_NS) && !failed {
+    let governed = RUNTIME.get(0).copied().unwrap_or(0);
+    if duration < setting_u64(&MIN_DURATION_NS).max(governed) && !failed {
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {

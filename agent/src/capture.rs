@@ -224,6 +224,7 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     syscall_hist: PerCpuArray<MapData, u64>,
     syscall_errors: PerCpuArray<MapData, u64>,
+    runtime: Array<MapData, u64>,
     tcp_hist: PerCpuArray<MapData, u64>,
     proc_hist: PerCpuHashMap<MapData, ProcHistKey, u64>,
     pub config: CaptureConfig,
@@ -342,6 +343,7 @@ impl Capture {
         let counters = take_map(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
         let syscall_hist = take_map(&mut ebpf, "SYSCALL_HIST", PerCpuArray::try_from)?;
         let syscall_errors = take_map(&mut ebpf, "SYSCALL_ERRORS", PerCpuArray::try_from)?;
+        let runtime = take_map(&mut ebpf, "RUNTIME", Array::try_from)?;
         let tcp_hist = take_map(&mut ebpf, "TCP_HIST", PerCpuArray::try_from)?;
         let proc_hist = take_map(&mut ebpf, "PROC_HIST_MAP", PerCpuHashMap::try_from)?;
         Ok(Capture {
@@ -350,6 +352,7 @@ impl Capture {
             counters,
             syscall_hist,
             syscall_errors,
+            runtime,
             tcp_hist,
             proc_hist,
             config,
@@ -497,6 +500,15 @@ impl Capture {
             }
         }
         Ok(out)
+    }
+
+    /// Raises the minimum duration for a syscall to become an event while running (the
+    /// overhead governor); 0 restores the configured one.
+    pub fn set_min_duration_override(&mut self, min: Duration) -> Result<(), CaptureError> {
+        let ns = min.as_nanos().min(u64::MAX as u128) as u64;
+        self.runtime
+            .set(0, ns, 0)
+            .map_err(|e| classify("writing RUNTIME", e))
     }
 
     /// Failed calls per syscall number (index = nr).

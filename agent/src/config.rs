@@ -32,6 +32,9 @@ pub struct Config {
     /// Samplers (rules -> adaptive -> budget); without this section every span is kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling: Option<crate::sampling::SamplingConfig>,
+    /// Overhead governor: a CPU budget for the agent itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub governor: Option<crate::governor::GovernorConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -261,6 +264,10 @@ impl Config {
         }
         if let Some(e) = &self.exporter.endpoint {
             validate_endpoint(e)?;
+        }
+        if let Some(g) = &self.governor {
+            crate::governor::Governor::new(g, self.capture.min_duration)
+                .map_err(ConfigError::Invalid)?;
         }
         if let Some(s) = &self.sampling {
             crate::sampling::Pipeline::new(s).map_err(|e| {

@@ -12,6 +12,7 @@ pub mod conns;
 pub mod decode;
 pub mod event;
 pub mod export;
+pub mod governor;
 pub mod hist;
 pub mod k8s;
 pub mod metrics;

@@ -94,6 +94,8 @@ pub struct Stats {
     ring_fill_bytes: Gauge,
     open_connections: Gauge,
     budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    cpu_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
+    governed_min: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Last kernel counter values seen, to turn them into increments.
     kernel_seen: [AtomicU64; 3],
     attached: AtomicBool,
@@ -137,6 +139,18 @@ impl Stats {
         let ring_fill_bytes = Gauge::default();
         let open_connections = Gauge::default();
         let budget = Family::<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let cpu_percent = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let governed_min = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "cpu_percent",
+            "The agent's own CPU over the last second, percent of one core",
+            cpu_percent.clone(),
+        );
+        registry.register(
+            "governor_min_duration_seconds",
+            "Minimum syscall duration for a span, as the overhead governor set it",
+            governed_min.clone(),
+        );
         registry.register("events", "Kernel events received, by kind", events.clone());
         registry.register(
             "spans_built",
@@ -199,6 +213,8 @@ impl Stats {
             ring_fill_bytes,
             open_connections,
             budget,
+            cpu_percent,
+            governed_min,
             kernel_seen: Default::default(),
             attached: AtomicBool::new(false),
             exporter_ok: AtomicBool::new(true),
@@ -252,6 +268,11 @@ impl Stats {
 
     pub fn set_open_connections(&self, n: usize) {
         self.open_connections.set(n as i64);
+    }
+
+    pub fn set_cpu(&self, percent: f64, governed_min: std::time::Duration) {
+        self.cpu_percent.set(percent);
+        self.governed_min.set(governed_min.as_secs_f64());
     }
 
     pub fn set_budget(&self, b: &crate::sampling::budget::BudgetStatus) {

@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// Time allowed to flush at exit [default: 5s].
     #[arg(long, value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// CPU budget for the agent itself, percent of one core: above it the minimum duration
+    /// of syscall spans is raised (the overhead governor).
+    #[arg(long)]
+    pub cpu_budget: Option<f64>,
     /// Prometheus metrics and health endpoints; '' disables [default: 127.0.0.1:9464].
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -125,6 +129,9 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     service_names: {nginx: web-frontend}
   metrics:
     addr: 127.0.0.1:9464    log_interval: 60s
+  governor:                 # optional: a CPU budget for kspan itself
+    cpu_budget_percent: 5   max_min_duration: 1s
+  sampling: ...             # see the README's Sampling section
 
 Unset exporter keys fall back to OTEL_EXPORTER_OTLP_{TRACES_,}{ENDPOINT,PROTOCOL,HEADERS,
 COMPRESSION,TIMEOUT}; OTEL_RESOURCE_ATTRIBUTES is added to every resource.
@@ -225,6 +232,17 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     }
     if let Some(v) = args.shutdown_timeout {
         p.shutdown_timeout = v;
+    }
+    if let Some(b) = args.cpu_budget {
+        match &mut c.governor {
+            Some(g) => g.cpu_budget_percent = b,
+            None => {
+                c.governor = Some(crate::governor::GovernorConfig {
+                    cpu_budget_percent: b,
+                    max_min_duration: 1_000_000_000,
+                })
+            }
+        }
     }
     if let Some(a) = &args.metrics_addr {
         c.metrics.addr = (!a.trim().is_empty()).then(|| a.clone());
@@ -330,6 +348,14 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         tokio::time::interval(config.metrics.log_interval.max(Duration::from_secs(1)));
     log_tick.tick().await;
     let mut reader = Reader::default();
+    let mut governor = match &config.governor {
+        Some(g) => Some(
+            crate::governor::Governor::new(g, config.capture.min_duration)
+                .map_err(ConfigError::Invalid)?,
+        ),
+        None => None,
+    };
+    let mut cpu_before = (crate::governor::own_cpu(), std::time::Instant::now());
     loop {
         let sleep_until =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -340,7 +366,26 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
                     break;
                 }
             }
-            _ = stats_tick.tick() => stats.update_kernel(&capture.loss_counters()),
+            _ = stats_tick.tick() => {
+                stats.update_kernel(&capture.loss_counters());
+                let now = (crate::governor::own_cpu(), std::time::Instant::now());
+                let wall = now.1.duration_since(cpu_before.1).as_secs_f64().max(1e-3);
+                let pct = 100.0 * now.0.saturating_sub(cpu_before.0).as_secs_f64() / wall;
+                cpu_before = now;
+                if let Some(g) = governor.as_mut() {
+                    if let crate::governor::Action::Set(d) = g.tick(pct) {
+                        match capture.set_min_duration_override(d) {
+                            Ok(()) => log::warn!(
+                                "overhead governor: agent CPU {pct:.1}% (budget {}%): syscall spans now need >= {}",
+                                config.governor.as_ref().map_or(0.0, |g| g.cpu_budget_percent),
+                                humantime::format_duration(d)
+                            ),
+                            Err(e) => log::warn!("overhead governor: {e}"),
+                        }
+                    }
+                }
+                stats.set_cpu(pct, governor.as_ref().map_or(config.capture.min_duration, |g| g.current()));
+            }
             _ = log_tick.tick() => log_summary(&stats.totals()),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
