@@ -20,6 +20,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only complicate the match"
+)]
 pub enum Command {
     /// Report whether kspan can run on this host and what it will use; non-zero exit if not.
     Check {
