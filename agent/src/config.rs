@@ -325,7 +325,7 @@ pub fn validate_endpoint(e: &str) -> Result<(), ConfigError> {
 }
 
 /// Durations written as `20ms`, `1s`, `5m` or a number of nanoseconds.
-mod duration_str {
+pub(crate) mod duration_str {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -49,66 +49,41 @@ fn main() -> ExitCode {
             }
         }
         Command::Events(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("kspan: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(events::run(args)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("kspan: error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let mut b = tokio::runtime::Builder::new_current_thread();
+            report(block_on(&mut b, events::run(args)))
         }
         Command::Hist(args) => report(hist::run_hist(args)),
         Command::Top(args) => report(hist::run_top(args)),
-        Command::Sampling(cmd) => {
-            let out = match &cmd {
+        Command::Sampling(cmd) => report(
+            match &cmd {
                 sampling::SamplingCommand::Simulate(a) => sampling::simulate(a),
                 sampling::SamplingCommand::Explain(a) => sampling::explain(a),
-            };
-            match out {
-                Ok(text) => {
-                    println!("{}", text.trim_end());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("kspan: error: {e}");
-                    ExitCode::FAILURE
-                }
             }
-        }
+            .map(|text| println!("{}", text.trim_end())),
+        ),
         Command::Run(args) => {
             // Two workers: the reader and span builder on one, encoding and export on the other.
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("kspan: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(run::run(args)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("kspan: error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            report(block_on(&mut b, run::run(args)))
         }
     }
 }
 
+/// Runs a command's future on a runtime from `builder`; a runtime that cannot start is an
+/// error like the command's own.
+fn block_on<T, E: std::fmt::Display>(
+    builder: &mut tokio::runtime::Builder,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<(), String> {
+    let rt = builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(fut).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Exit status of a command, printing its error.
 fn report<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,

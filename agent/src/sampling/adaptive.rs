@@ -113,25 +113,15 @@ impl AdaptiveConfig {
 
 /// Durations in YAML as ns or `1s`/`250ms`.
 pub(crate) mod dur {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &u64, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(*d)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(n),
-            Raw::S(s) => crate::cmd::parse_duration(&s)
-                .map(|d| d.as_nanos() as u64)
-                .map_err(serde::de::Error::custom),
-        }
+        crate::config::duration_str::deserialize(d)
+            .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
     }
 }
 
