@@ -149,6 +149,11 @@ pub fn fmt_ns(ns: f64) -> String {
     }
 }
 
+/// `fmt_ns` of an estimate that may be missing (no calls): `-` then.
+pub fn fmt_opt_ns(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| fmt_ns(v as f64))
+}
+
 /// Histograms with their failed-call counts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Entry {

@@ -10,7 +10,7 @@ use clap::Args;
 use super::{events::capture_config, parse_duration, FilterArgs};
 use crate::{
     capture::{Capture, CaptureError, SyscallHook},
-    hist::{fmt_ns, rows, Comms, Row, Snapshot, SortBy, View},
+    hist::{fmt_ns, fmt_opt_ns, rows, Comms, Row, Snapshot, SortBy, View},
 };
 
 #[derive(Debug, Args, Clone)]
@@ -253,16 +253,15 @@ fn json_doc(o: &Opts, rs: &[Row]) -> String {
 }
 
 fn summary_line(r: &Row) -> String {
-    let q = |v: Option<u64>| v.map_or("-".into(), |v| fmt_ns(v as f64));
     format!(
         "count {}  errors {}  total ~{}  p50 {}  p90 {}  p99 {}  max < {}",
         r.count,
         r.errors,
         fmt_ns(r.total_ns_est),
-        q(r.p50_ns),
-        q(r.p90_ns),
-        q(r.p99_ns),
-        q(r.max_ns)
+        fmt_opt_ns(r.p50_ns),
+        fmt_opt_ns(r.p90_ns),
+        fmt_opt_ns(r.p99_ns),
+        fmt_opt_ns(r.max_ns)
     )
 }
 
@@ -314,7 +313,6 @@ fn table_text(o: &Opts, rs: &[Row]) -> String {
         "P99",
         "MAX<"
     );
-    let q = |v: Option<u64>| v.map_or("-".into(), |v| fmt_ns(v as f64));
     for r in rs.iter().filter(|r| r.count > 0).take(o.top) {
         s.push_str(&format!(
             "{:<28} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
@@ -322,9 +320,9 @@ fn table_text(o: &Opts, rs: &[Row]) -> String {
             r.count,
             r.errors,
             fmt_ns(r.total_ns_est),
-            q(r.p50_ns),
-            q(r.p99_ns),
-            q(r.max_ns)
+            fmt_opt_ns(r.p50_ns),
+            fmt_opt_ns(r.p99_ns),
+            fmt_opt_ns(r.max_ns)
         ));
     }
     s.push('\n');
@@ -395,7 +393,6 @@ fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
                         )),
                         head,
                     );
-                    let q = |v: Option<u64>| v.map_or("-".into(), |v| fmt_ns(v as f64));
                     let trows: Vec<TRow> = shown_rows
                         .iter()
                         .map(|r| {
@@ -404,9 +401,9 @@ fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
                                 Cell::from(r.count.to_string()),
                                 Cell::from(r.errors.to_string()),
                                 Cell::from(fmt_ns(r.total_ns_est)),
-                                Cell::from(q(r.p50_ns)),
-                                Cell::from(q(r.p99_ns)),
-                                Cell::from(q(r.max_ns)),
+                                Cell::from(fmt_opt_ns(r.p50_ns)),
+                                Cell::from(fmt_opt_ns(r.p99_ns)),
+                                Cell::from(fmt_opt_ns(r.max_ns)),
                             ])
                         })
                         .collect();

@@ -4,7 +4,7 @@
 //! reader (this task) --[events, block]--> span builder --[spans, drop newest]--> exporter.
 //! The reader blocks when the builder is behind, so the kernel's ring buffer absorbs bursts
 //! and counts what it cannot hold (`ringbuf_full`).
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
 use serde::Serialize;
@@ -347,7 +347,6 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
     let mut log_tick =
         tokio::time::interval(config.metrics.log_interval.max(Duration::from_secs(1)));
     log_tick.tick().await;
-    let mut reader = Reader::default();
     let mut governor = match &config.governor {
         Some(g) => Some(
             crate::governor::Governor::new(g, config.capture.min_duration)
@@ -361,7 +360,7 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = ready.ready() => {
-                let chunk = reader.drain(&mut capture, &stats);
+                let chunk = drain_events(&mut capture, &stats);
                 if !chunk.is_empty() && event_tx.send(chunk).await.is_err() {
                     break;
                 }
@@ -397,7 +396,7 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
     capture.detach();
     stats.set_attached(false);
     loop {
-        let chunk = reader.drain(&mut capture, &stats);
+        let chunk = drain_events(&mut capture, &stats);
         if chunk.is_empty() || event_tx.send(chunk).await.is_err() {
             break;
         }
@@ -438,33 +437,25 @@ fn log_summary(t: &Totals) {
     );
 }
 
-/// Drains the ring buffer into decoded events, at most `MAX_CHUNK * EVENT_QUEUE_CHUNKS` per
-/// call so the builder keeps pace.
-#[derive(Default)]
-struct Reader {
-    undecodable: u64,
-}
-
-impl Reader {
-    fn drain(&mut self, capture: &mut Capture, stats: &Stats) -> Vec<RawEvent> {
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let mut bad = 0u64;
-        capture.drain(|b| {
-            bytes += b.len();
-            match decode::decode(b) {
-                Ok(ev) => out.push(ev),
-                Err(e) => {
-                    bad += 1;
-                    log::debug!("undecodable record: {e}");
-                }
+/// Drains the ring buffer into decoded events; undecodable records are counted, and the
+/// bytes found are the ring buffer's fill level.
+fn drain_events(capture: &mut Capture, stats: &Stats) -> Vec<RawEvent> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut bad = 0u64;
+    capture.drain(|b| {
+        bytes += b.len();
+        match decode::decode(b) {
+            Ok(ev) => out.push(ev),
+            Err(e) => {
+                bad += 1;
+                log::debug!("undecodable record: {e}");
             }
-        });
-        self.undecodable += bad;
-        stats.dropped(DropReason::Undecodable, bad);
-        stats.set_ring_fill(bytes);
-        out
-    }
+        }
+    });
+    stats.dropped(DropReason::Undecodable, bad);
+    stats.set_ring_fill(bytes);
+    out
 }
 
 /// Builds spans from events, samples them, and passes them on in chunks; a full queue drops
@@ -476,23 +467,32 @@ async fn build_stage(
     tx: mpsc::Sender<Vec<Built>>,
     stats: Arc<Stats>,
 ) {
-    let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+    use agent_common::EventKind;
+    const KINDS: [EventKind; 4] = [
+        EventKind::Syscall,
+        EventKind::TcpConnect,
+        EventKind::TcpAccept,
+        EventKind::TcpClose,
+    ];
     while let Some(events) = rx.recv().await {
+        // Counted per received chunk, not per event: the stats are shared atomics.
+        let mut by_kind = [0u64; KINDS.len()];
+        let mut sampled_out = 0u64;
         for part in events.chunks(MAX_CHUNK) {
             let mut out = Vec::with_capacity(part.len());
             for ev in part {
-                *by_kind
-                    .entry(kind_name(match ev {
-                        RawEvent::Syscall(..) => agent_common::EventKind::Syscall,
-                        RawEvent::Tcp(k, ..) => *k,
-                    }))
-                    .or_default() += 1;
+                let kind = match ev {
+                    RawEvent::Syscall(..) => EventKind::Syscall,
+                    RawEvent::Tcp(k, ..) => *k,
+                };
+                if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+                    by_kind[i] += 1;
+                }
                 let mut built = builder.build(ev);
-                stats.add_spans_built(1);
                 if let Some(p) = sampler.as_mut() {
                     let o = p.decide(&built);
                     if !o.keep {
-                        stats.dropped(DropReason::SampledOut, 1);
+                        sampled_out += 1;
                         continue;
                     }
                     crate::sampling::annotate(&mut built.span, &o, p.decider_name(o.decider));
@@ -511,8 +511,10 @@ async fn build_stage(
                 }
             }
         }
-        for (k, n) in std::mem::take(&mut by_kind) {
-            stats.add_events(k, n);
+        stats.add_spans_built(events.len() as u64);
+        stats.dropped(DropReason::SampledOut, sampled_out);
+        for (k, n) in KINDS.iter().zip(by_kind) {
+            stats.add_events(kind_name(*k), n);
         }
         stats.set_open_connections(builder.open_connections());
         if let Some(b) = sampler

@@ -302,25 +302,23 @@ impl Pipeline {
 /// Writes the decision into a kept span: `ot=th:...` in its trace state (not for 100 %, as
 /// the specification says) and `kspan.sampling.rule`.
 pub fn annotate(span: &mut opentelemetry_sdk::trace::SpanData, o: &Outcome, decider: &str) {
-    if o.threshold != Threshold::ALWAYS {
-        if let Some(th) = o.threshold.encode() {
-            let ctx = &span.span_context;
-            let prev = ctx
-                .trace_state()
-                .get("ot")
-                .map(threshold::OtTraceState::parse);
-            let mut ot = prev.unwrap_or_default();
-            ot.threshold = Some(ot.threshold.map_or(o.threshold, |t| t.max(o.threshold)));
-            let _ = th;
-            if let Ok(ts) = ctx.trace_state().insert("ot", ot.encode()) {
-                span.span_context = opentelemetry::trace::SpanContext::new(
-                    ctx.trace_id(),
-                    ctx.span_id(),
-                    ctx.trace_flags(),
-                    ctx.is_remote(),
-                    ts,
-                );
-            }
+    // NEVER has no `th` form; a kept span never carries it anyway.
+    if o.threshold != Threshold::ALWAYS && o.threshold != Threshold::NEVER {
+        let ctx = &span.span_context;
+        let mut ot = ctx
+            .trace_state()
+            .get("ot")
+            .map(threshold::OtTraceState::parse)
+            .unwrap_or_default();
+        ot.threshold = Some(ot.threshold.map_or(o.threshold, |t| t.max(o.threshold)));
+        if let Ok(ts) = ctx.trace_state().insert("ot", ot.encode()) {
+            span.span_context = opentelemetry::trace::SpanContext::new(
+                ctx.trace_id(),
+                ctx.span_id(),
+                ctx.trace_flags(),
+                ctx.is_remote(),
+                ts,
+            );
         }
     }
     span.attributes
