@@ -5,26 +5,18 @@
 //! test venv (`KSPAN_SETUP_TEST=1 scripts/setup`).
 use std::{path::PathBuf, process::Command};
 
-const KSPAN: &str = env!("CARGO_BIN_EXE_kspan");
+mod common;
+
+use common::{venv_bin, KSPAN};
+
 const K8S_VERSION: &str = "1.30.0";
 
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
 }
 
-fn validator() -> String {
-    let cache = std::env::var("KSPAN_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
-    let v = format!("{cache}/venv/bin/kubernetes-validate");
-    assert!(
-        std::path::Path::new(&v).exists(),
-        "{v} missing: run `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does)"
-    );
-    v
-}
-
 fn validate(file: &std::path::Path) -> (bool, String) {
-    let out = Command::new(validator())
+    let out = Command::new(venv_bin("kubernetes-validate"))
         .args(["--strict", "-k", K8S_VERSION])
         .arg(file)
         .output()

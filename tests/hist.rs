@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{require_root, Trigger, KSPAN};
+use common::{kill_kspan, require_root, stop_kspan, Trigger, KSPAN};
 
 /// A running `kspan hist --json ...` (cumulative), stopped with SIGTERM.
 struct Hist {
@@ -41,26 +41,15 @@ impl Hist {
     /// Stops and returns the last document.
     fn stop(mut self) -> Value {
         std::thread::sleep(Duration::from_millis(600));
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        assert!(self.child.wait().unwrap().success());
+        let out = stop_kspan(&mut self.child, libc::SIGTERM);
         let last = out.lines().last().expect("at least one document");
         serde_json::from_str(last).expect("JSON document")
     }
 }
 
 impl Drop for Hist {
-    /// A failed assertion must not leave kspan attached.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_kspan(&mut self.child);
     }
 }
 

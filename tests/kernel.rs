@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{require_root, Trigger, KSPAN};
+use common::{kill_kspan, require_root, stop_kspan, Trigger, KSPAN};
 
 /// A running `kspan events`.
 struct Kspan {
@@ -49,17 +49,7 @@ impl Kspan {
     fn stop(mut self) -> (Vec<Value>, Value) {
         // Let the 10 ms drain timer pick up the last events before the signal.
         std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read kspan stdout");
-        let status = self.child.wait().expect("wait kspan");
-        assert!(status.success(), "kspan exited with {status}");
+        let out = stop_kspan(&mut self.child, libc::SIGINT);
         let mut events: Vec<Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
@@ -71,10 +61,8 @@ impl Kspan {
 }
 
 impl Drop for Kspan {
-    /// A failed assertion must not leave kspan attached (it would slow every later test).
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_kspan(&mut self.child);
     }
 }
 

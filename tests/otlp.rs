@@ -15,18 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{require_root, Trigger, KSPAN};
-
-fn venv_python() -> String {
-    let cache = std::env::var("KSPAN_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
-    let py = format!("{cache}/venv/bin/python");
-    assert!(
-        std::path::Path::new(&py).exists(),
-        "{py} missing: run `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does)"
-    );
-    py
-}
+use common::{kill_kspan, require_root, stop_kspan, venv_bin, Trigger, KSPAN};
 
 /// The Python OTLP receiver; collects every span it decodes.
 struct Receiver {
@@ -38,7 +27,7 @@ struct Receiver {
 
 impl Receiver {
     fn start(grpc_port: u16, http_port: u16) -> Receiver {
-        let mut child = Command::new(venv_python())
+        let mut child = Command::new(venv_bin("python"))
             .arg(format!(
                 "{}/../tests/otlp_receiver.py",
                 env!("CARGO_MANIFEST_DIR")
@@ -157,17 +146,7 @@ impl Run {
     /// SIGTERM, wait; returns the summary and stdout.
     fn stop(mut self) -> (Value, String) {
         std::thread::sleep(Duration::from_millis(50));
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("stdout");
-        let status = self.child.wait().expect("wait kspan");
-        assert!(status.success(), "kspan run exited with {status}");
+        let out = stop_kspan(&mut self.child, libc::SIGTERM);
         std::thread::sleep(Duration::from_millis(100));
         let lines = self.stderr.lock().unwrap().clone();
         let summary = lines
@@ -179,10 +158,8 @@ impl Run {
 }
 
 impl Drop for Run {
-    /// A failed assertion must not leave kspan attached (it would slow every later test).
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_kspan(&mut self.child);
     }
 }
 

@@ -1,13 +1,48 @@
 //! Helpers shared by the privileged test binaries.
 #![allow(dead_code)]
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
 use serde_json::Value;
 
 pub const KSPAN: &str = env!("CARGO_BIN_EXE_kspan");
+
+/// A program of the test venv (`KSPAN_SETUP_TEST=1 scripts/setup` makes it).
+pub fn venv_bin(name: &str) -> String {
+    let cache = std::env::var("KSPAN_CACHE")
+        .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
+    let path = format!("{cache}/venv/bin/{name}");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} missing: run `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does)"
+    );
+    path
+}
+
+/// Sends `signal` to a running kspan, reads all its stdout, and checks it exited 0.
+pub fn stop_kspan(child: &mut Child, signal: i32) -> String {
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("kspan stdout")
+        .read_to_string(&mut out)
+        .expect("read kspan stdout");
+    let status = child.wait().expect("wait kspan");
+    assert!(status.success(), "kspan exited with {status}");
+    out
+}
+
+/// Kills a kspan still running (a failed assertion must not leave it attached: it would slow
+/// every later test).
+pub fn kill_kspan(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
 
 pub fn triggers_py() -> String {
     format!("{}/../tests/triggers.py", env!("CARGO_MANIFEST_DIR"))
