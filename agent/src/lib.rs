@@ -3,6 +3,7 @@
 //! Pipeline stages, one module each: `capture` (kernel programs and maps) -> `decode` (bytes to
 //! values, the only place that reads kernel bytes) -> `event` (agent-level events and their
 //! JSON form). `cmd` holds the thin command entry points.
+pub mod btf;
 pub mod capture;
 pub mod check;
 pub mod clock;
