@@ -163,6 +163,11 @@ fn check_tcp(action: &str, family: &str, loopback: &str) {
     assert_eq!(a["pid_known"], true);
     assert_eq!(a["sport"].as_u64(), Some(lport));
     assert_eq!(a["dport"].as_u64(), Some(cport));
+    // Server-side handshake time (first SYN-ACK to completing ACK): a loopback round trip.
+    assert_eq!(a["handshake_known"], true, "{a}");
+    let h = a["duration_ns"].as_u64().expect("handshake");
+    assert!(h > 0 && h < 100_000_000, "loopback handshake {h} ns");
+    assert_eq!(a["retransmits"], 0);
 
     // Both ends close: two close events with lifetimes.
     let closes = events_of_kind(&events, "tcp_close");
@@ -190,6 +195,112 @@ fn tcp_ipv4_connect_and_accept() {
 #[test]
 fn tcp_ipv6_connect_and_accept() {
     check_tcp("tcp6", "ipv6", "::1");
+}
+
+/// Drops pure ACKs (flags exactly ACK) to a local port while it lives: the final ACK of a
+/// handshake is lost, and the client's first data segment completes it instead.
+struct HoldBackAcks {
+    table: String,
+}
+
+impl HoldBackAcks {
+    fn new(port: u16) -> HoldBackAcks {
+        let table = format!("kspan_test_{}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0;\n    \
+             tcp dport {port} tcp flags == ack drop;\n  }}\n}}\n"
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft (nftables; scripts/setup installs it)");
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        assert!(nft.wait().expect("nft").success(), "nft refused {rules}");
+        HoldBackAcks { table }
+    }
+}
+
+impl Drop for HoldBackAcks {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The accept event carries the server's view of the handshake: with the final ACK held
+/// back, the client sees a fast connect while the server waits until the data arrives.
+fn check_held_back_handshake(delay_ms: u64) -> (Value, Value) {
+    require_root();
+    let port = free_port();
+    let _hold = HoldBackAcks::new(port);
+    let trigger = Trigger::spawn_with("handshake", &[port.to_string(), delay_ms.to_string()]);
+    let pid = trigger.pid().to_string();
+    let kspan = Kspan::start(&["--pid", &pid, "--syscalls", "connect"]);
+    let result = trigger.go();
+    let (events, _) = kspan.stop();
+    let cport = result["client_port"].as_u64().expect("client port");
+    let accepts = events_of_kind(&events, "tcp_accept");
+    assert_eq!(accepts.len(), 1, "{events:?}");
+    let a = accepts[0].clone();
+    assert_eq!(a["pid"].as_u64(), result["pid"].as_u64());
+    assert_eq!(a["sport"].as_u64(), Some(u64::from(port)));
+    assert_eq!(a["dport"].as_u64(), Some(cport));
+    assert_eq!(a["handshake_known"], true, "{a}");
+    let connects = events_of_kind(&events, "tcp_connect");
+    assert_eq!(connects.len(), 1, "{events:?}");
+    let c = connects[0].clone();
+    let cd = c["duration_ns"].as_u64().expect("connect duration");
+    assert!(cd < 100_000_000, "client-side connect took {cd} ns");
+    // The accept span starts with the first SYN-ACK, within the client's connect.
+    let (a_ts, c_ts) = (
+        a["ts_unix_ns"].as_u64().unwrap(),
+        c["ts_unix_ns"].as_u64().unwrap(),
+    );
+    assert!(
+        a_ts >= c_ts && a_ts <= c_ts + cd,
+        "accept {a_ts} vs connect {c_ts}+{cd}"
+    );
+    (a, result)
+}
+
+#[test]
+fn accept_handshake_time_is_the_servers_view() {
+    let (a, _) = check_held_back_handshake(300);
+    let d = a["duration_ns"].as_u64().expect("duration");
+    assert!(
+        (300_000_000..1_000_000_000).contains(&d),
+        "handshake {d} ns, expected the 300 ms the ACK was held back"
+    );
+    assert_eq!(a["retransmits"], 0);
+}
+
+#[test]
+fn accept_handshake_time_counts_from_the_first_synack() {
+    // Held back past the 1 s SYN-ACK retransmit timer: the kernel retransmits the SYN-ACK
+    // once (the next is due at 3 s) and takes no RTT sample; kspan uses the first SYN-ACK's
+    // send time instead.
+    let (a, _) = check_held_back_handshake(1500);
+    let d = a["duration_ns"].as_u64().expect("duration");
+    assert!(
+        (1_500_000_000..2_900_000_000).contains(&d),
+        "handshake {d} ns, expected the 1.5 s the ACK was held back"
+    );
+    assert_eq!(a["retransmits"], 1, "{a}");
 }
 
 fn check_refused(action: &str) {
@@ -294,6 +405,11 @@ fn check_reports_can_run() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("kspan can run here"), "{text}");
     assert!(text.contains("ok   load and attach"), "{text}");
+    // This kernel has BTF: the accept handshake fields are found.
+    assert!(
+        text.contains("ok   btf") && text.contains("tcp_sock.srtt_us (+"),
+        "{text}"
+    );
 }
 
 /// Runs kspan as an unprivileged user with no capabilities.

@@ -8,6 +8,7 @@ object describing what it did (tids, fds, ports) and exits.
 import json
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -60,6 +61,33 @@ def tcp(family, host):
     srv.close()
     time.sleep(0.05)
     return {"listen_port": port, "client_port": client_port, "pid": os.getpid()}
+
+
+def handshake(port, delay_ms):
+    """A loopback connect to PORT whose handshake the server sees complete only when the
+    client's first data arrives, DELAY_MS later: the test drops pure ACKs to PORT, so the
+    handshake's final ACK never arrives and the data segment's ACK completes it."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", port))
+    srv.listen(8)
+    cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t0 = time.monotonic()
+    cli.connect(("127.0.0.1", port))
+    connect_s = time.monotonic() - t0
+    client_port = cli.getsockname()[1]
+    time.sleep(delay_ms / 1000)
+    cli.sendall(b"x")
+    conn, _ = srv.accept()
+    assert conn.recv(1) == b"x"
+    # Close with RST: no FIN exchange, whose pure ACKs the test would drop too.
+    cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    cli.close()
+    conn.close()
+    srv.close()
+    time.sleep(0.05)
+    return {"listen_port": port, "client_port": client_port, "pid": os.getpid(),
+            "connect_s": connect_s}
 
 
 def refused(family, host):
@@ -160,6 +188,8 @@ def main():
         out = tcp(socket.AF_INET, "127.0.0.1")
     elif action == "tcp6":
         out = tcp(socket.AF_INET6, "::1")
+    elif action == "handshake":
+        out = handshake(arg, int(sys.argv[3]))
     elif action == "refused4":
         out = refused(socket.AF_INET, "127.0.0.1")
     elif action == "refused6":

@@ -75,7 +75,7 @@ pub struct TcpData {
     pub saddr: [u8; 16],
     /// Remote address: IPv4 in the first 4 bytes, or IPv6.
     pub daddr: [u8; 16],
-    /// Retransmitted segments (SYNs for connect events).
+    /// Retransmitted segments: SYNs for connect events, SYN-ACKs for accept events.
     pub retransmits: u32,
     /// Positive errno of a failed connect (`ECONNREFUSED`, `ETIMEDOUT`), or 0.
     pub error: u32,
@@ -99,6 +99,9 @@ pub const TCP_FLAG_FAILED: u32 = 1;
 pub const TCP_FLAG_PID_UNKNOWN: u32 = 2;
 /// `TcpData` flag: the connection was accepted (passive open), for close events.
 pub const TCP_FLAG_PASSIVE: u32 = 4;
+/// `TcpData` flag on accept events: the handshake time is unknown (no BTF offsets, or the
+/// kernel took no RTT sample), so `duration_ns` is 0.
+pub const TCP_FLAG_HANDSHAKE_UNKNOWN: u32 = 8;
 
 /// Indices into the per-CPU `COUNTERS` map. Every event the kernel side could not deliver or
 /// track is counted under one of these.

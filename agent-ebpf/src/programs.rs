@@ -1,8 +1,9 @@
 use agent_common::{
     log2_bucket, Counter, EventHeader, EventKind, ProcHistKey, SyscallData, SyscallEvent,
     SyscallStart, TcpData, TcpEvent, COMM_LEN, COUNTERS_LEN, FILTER_CGROUP, FILTER_COMM,
-    FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS, TCP_FLAG_FAILED, TCP_FLAG_PASSIVE,
-    TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
+    FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS, TCP_FLAG_FAILED,
+    TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PASSIVE, TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT,
+    TCP_HIST_CONNECT,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -49,6 +50,12 @@ static WAKEUP_BYTES: u64 = 0;
 /// 1: TCP programs emit events; 0: histograms only.
 #[unsafe(no_mangle)]
 static EMIT_TCP: u32 = 1;
+/// Byte offset of `tcp_sock.srtt_us` from the kernel's BTF; 0: unknown.
+#[unsafe(no_mangle)]
+static TCP_SOCK_SRTT_US_OFFSET: u32 = 0;
+/// Byte offset of `tcp_request_sock.snt_synack` from the kernel's BTF; 0: unknown.
+#[unsafe(no_mangle)]
+static TCP_REQ_SNT_SYNACK_OFFSET: u32 = 0;
 
 #[inline(always)]
 fn setting_u32(v: &'static u32) -> u32 {
@@ -136,6 +143,31 @@ const CONN_RST: u32 = 1 << 31;
 /// Connections keyed by socket address.
 #[map]
 static CONNS: LruHashMap<u64, Conn> = LruHashMap::with_max_entries(65536, 0);
+
+/// A pending passive open, named as both tracepoints name it: remote address (IPv4 as
+/// v4-mapped IPv6), local port, remote port.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SynKey {
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+/// A passive open whose SYN-ACK was retransmitted: when the first SYN-ACK went out
+/// (monotonic ns, 0 if unknown) and how many retransmits followed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Synack {
+    first_ns: u64,
+    retransmits: u32,
+    _pad: u32,
+}
+
+/// Passive opens whose SYN-ACK was retransmitted, until the handshake completes. LRU: opens
+/// that never complete (SYN floods, scans) age out.
+#[map]
+static SYNACKS: LruHashMap<SynKey, Synack> = LruHashMap::with_max_entries(4096, 0);
 
 /// Listening sockets' owners keyed by local port.
 #[map]
@@ -608,7 +640,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                     // or at close.
                     if setting_u32(&FILTER_FLAGS) & (FILTER_PID | FILTER_COMM | FILTER_CGROUP) != 0
                     {
-                        let _ = CONNS.remove(&skaddr);
+                        let _ = SYNACKS.remove(&syn_key(ctx, 56)?);
                         return Ok(());
                     }
                     (
@@ -621,24 +653,18 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                     )
                 }
             };
-            // The SYN's arrival is not visible to tracepoints; the handshake time the kernel
-            // measured (SYN-ACK sent to ACK received) is the child's first RTT sample when
-            // available, which userspace cannot see either: report the time since the child
-            // socket appeared (LISTEN -> SYN_RECV), stored below.
-            let (start, duration) = match unsafe { CONNS.get(&skaddr) } {
-                Some(c) => (c.ts, now.saturating_sub(c.ts)),
-                None => (now, 0),
-            };
+            let (start, retransmits, handshake_flags) = handshake_start(ctx, skaddr, now);
+            let duration = now - start;
             tcp_hist(TCP_HIST_ACCEPT, duration);
             emit_tcp(
                 ctx,
                 EventKind::TcpAccept,
                 &owner,
-                flags,
+                flags | handshake_flags,
                 start,
                 duration,
                 skaddr,
-                0,
+                retransmits,
                 0,
             );
             let conn = Conn {
@@ -651,31 +677,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 count(Counter::TcpTableFull);
             }
         }
-        (TCP_LISTEN, TCP_SYN_RECV) => {
-            let conn = Conn {
-                owner: Owner {
-                    pid_tgid: 0,
-                    cgroup_id: 0,
-                    comm: [0; COMM_LEN],
-                },
-                ts: now,
-                retransmits: 0,
-                flags: 0,
-            };
-            if CONNS.insert(&skaddr, &conn, 0).is_err() {
-                count(Counter::TcpTableFull);
-            }
-        }
         (_, TCP_CLOSE) => {
             let Some(conn) = (unsafe { CONNS.get(&skaddr) }).copied() else {
                 return Ok(());
             };
             let _ = CONNS.remove(&skaddr);
-            // A passive open that never reached ESTABLISHED (handshake failed): no
-            // connection was reported, so no close either.
-            if conn.owner.pid_tgid == 0 && conn.flags & TCP_FLAG_PASSIVE == 0 {
-                return Ok(());
-            }
             emit_tcp(
                 ctx,
                 EventKind::TcpClose,
@@ -689,6 +695,85 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             );
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// The pending-open key from a tracepoint record: sport at 24, dport at 26 in both
+/// `inet_sock_set_state` and `tcp_retransmit_synack`; the remote IPv6 (or v4-mapped) address
+/// at `daddr_v6`.
+#[inline(always)]
+fn syn_key(ctx: &TracePointContext, daddr_v6: usize) -> Result<SynKey, i64> {
+    Ok(SynKey {
+        daddr: unsafe { ctx.read_at(daddr_v6) }?,
+        sport: unsafe { ctx.read_at(24) }?,
+        dport: unsafe { ctx.read_at(26) }?,
+    })
+}
+
+/// When the handshake of a passive open that completes `now` began, from the server's side:
+/// the first SYN-ACK's send time. Returns (start, SYN-ACK retransmits, flags).
+///
+/// The SYN's arrival is not visible to tracepoints. Without retransmits, the child socket's
+/// first RTT sample is exactly first SYN-ACK -> completing ACK (`tcp_synack_rtt_meas`), in
+/// `srtt_us << 3`. With retransmits the kernel takes no such sample, so the first SYN-ACK's
+/// time was saved from the request socket when it was first retransmitted.
+#[inline(always)]
+fn handshake_start(ctx: &TracePointContext, skaddr: u64, now: u64) -> (u64, u32, u32) {
+    if let Ok(key) = syn_key(ctx, 56) {
+        if let Some(s) = unsafe { SYNACKS.get(&key) }.copied() {
+            let _ = SYNACKS.remove(&key);
+            if s.first_ns != 0 && s.first_ns <= now {
+                return (s.first_ns, s.retransmits, 0);
+            }
+            return (now, s.retransmits, TCP_FLAG_HANDSHAKE_UNKNOWN);
+        }
+    }
+    let off = setting_u32(&TCP_SOCK_SRTT_US_OFFSET);
+    if off != 0 {
+        let srtt =
+            unsafe { bpf_probe_read_kernel((skaddr + off as u64) as *const u32) }.unwrap_or(0) >> 3;
+        let rtt_ns = srtt as u64 * 1000;
+        if srtt != 0 && rtt_ns <= now {
+            return (now - rtt_ns, 0, 0);
+        }
+    }
+    (now, 0, TCP_FLAG_HANDSHAKE_UNKNOWN)
+}
+
+/// `tcp:tcp_retransmit_synack`: skaddr (the listener) at 8, req at 16, sport at 24, dport at
+/// 26, daddr_v6 at 54. The first retransmit saves the first SYN-ACK's time from the request.
+#[tracepoint(category = "tcp", name = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    let _ = try_retransmit_synack(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i64> {
+    let key = syn_key(ctx, 54)?;
+    if let Some(s) = SYNACKS.get_ptr_mut(&key) {
+        unsafe { (*s).retransmits += 1 };
+        return Ok(());
+    }
+    let off = setting_u32(&TCP_REQ_SNT_SYNACK_OFFSET);
+    let mut first_ns = 0;
+    if off != 0 {
+        let req: u64 = unsafe { ctx.read_at(16) }?;
+        // tcp_clock_us(): CLOCK_MONOTONIC in us, the clock of bpf_ktime_get_ns.
+        let us = unsafe { bpf_probe_read_kernel((req + off as u64) as *const u64) }.unwrap_or(0);
+        // (saturating_mul would need a 128-bit multiply, which BPF lacks.)
+        if us < u64::MAX / 1000 {
+            first_ns = us * 1000;
+        }
+    }
+    let s = Synack {
+        first_ns,
+        retransmits: 1,
+        _pad: 0,
+    };
+    if SYNACKS.insert(&key, &s, 0).is_err() {
+        count(Counter::TcpTableFull);
     }
     Ok(())
 }

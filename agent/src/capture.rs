@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use crate::btf::KernelOffsets;
 use agent_common::{
     Counter, ProcHistKey, COMM_LEN, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_SYSCALL,
     HIST_BUCKETS, MAX_SYSCALLS,
@@ -267,6 +268,19 @@ impl Capture {
         let in_array = starts_in_array as u32;
         let emit_tcp = config.emit_tcp as u32;
         let wakeup_bytes = config.wakeup_bytes.unwrap_or(rb as u64 / 4);
+        let offsets = if config.tcp {
+            crate::btf::kernel_offsets().unwrap_or_else(|e| {
+                log::warn!(
+                    "cannot read kernel BTF ({e}): accept events will not carry the handshake \
+                     time (duration 0, handshake_known=false)"
+                );
+                KernelOffsets::default()
+            })
+        } else {
+            KernelOffsets::default()
+        };
+        let srtt_offset = offsets.tcp_sock_srtt_us.unwrap_or(0);
+        let synack_offset = offsets.tcp_request_sock_snt_synack.unwrap_or(0);
 
         let mut loader = EbpfLoader::new();
         loader
@@ -280,6 +294,8 @@ impl Capture {
             .override_global("STARTS_IN_ARRAY", &in_array, true)
             .override_global("EMIT_TCP", &emit_tcp, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("TCP_SOCK_SRTT_US_OFFSET", &srtt_offset, true)
+            .override_global("TCP_REQ_SNT_SYNACK_OFFSET", &synack_offset, true)
             .map_max_entries("EVENTS", rb)
             .map_max_entries("STARTS_ARRAY", if starts_in_array { pid_max } else { 1 })
             .map_max_entries(
@@ -337,6 +353,12 @@ impl Capture {
             )?;
             attach_tp(&mut ebpf, "tcp_retransmit_skb", "tcp", "tcp_retransmit_skb")?;
             attach_tp(&mut ebpf, "tcp_receive_reset", "tcp", "tcp_receive_reset")?;
+            attach_tp(
+                &mut ebpf,
+                "tcp_retransmit_synack",
+                "tcp",
+                "tcp_retransmit_synack",
+            )?;
         }
 
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;

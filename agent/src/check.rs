@@ -3,7 +3,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::capture::{Capture, CaptureConfig, SyscallHook};
+use crate::{
+    btf::KernelOffsets,
+    capture::{Capture, CaptureConfig, SyscallHook},
+};
 
 /// One line of the report.
 #[derive(Debug, Serialize)]
@@ -61,15 +64,38 @@ pub fn run_checks() -> Report {
         detail: format!("{release} (needs >= 5.8 for BPF ring buffers)"),
         required: true,
     });
-    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let offsets = crate::btf::kernel_offsets();
+    let (btf_ok, btf_detail) = match &offsets {
+        Ok(KernelOffsets {
+            tcp_sock_srtt_us: Some(srtt),
+            tcp_request_sock_snt_synack: Some(synack),
+        }) => (
+            true,
+            format!(
+                "{} read: TCP accept handshake times from tcp_sock.srtt_us (+{srtt}) and \
+                 tcp_request_sock.snt_synack (+{synack})",
+                crate::btf::VMLINUX
+            ),
+        ),
+        Ok(o) => (
+            false,
+            format!(
+                "fields not found ({o:?}): accept events will carry no handshake time \
+                 (handshake_known=false)"
+            ),
+        ),
+        Err(e) => (
+            false,
+            format!(
+                "{e} (needs CONFIG_DEBUG_INFO_BTF): kspan runs, but accept events will carry no \
+                 handshake time (handshake_known=false)"
+            ),
+        ),
+    };
     items.push(Item {
         name: "btf".into(),
-        ok: btf,
-        detail: if btf {
-            "/sys/kernel/btf/vmlinux present".into()
-        } else {
-            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF): kspan works without it, future BTF-based programs will not".into()
-        },
+        ok: btf_ok,
+        detail: btf_detail,
         required: false,
     });
     let caps = effective_caps();
@@ -119,6 +145,7 @@ pub fn run_checks() -> Report {
         "sock/inet_sock_set_state",
         "tcp/tcp_retransmit_skb",
         "tcp/tcp_receive_reset",
+        "tcp/tcp_retransmit_synack",
     ] {
         let ok = Path::new("/sys/kernel/tracing/events").join(tp).exists();
         items.push(Item {
@@ -151,7 +178,7 @@ pub fn run_checks() -> Report {
                     },
                     crate::capture::pid_max()
                 ));
-                will_use.push("tracepoints sock/inet_sock_set_state, tcp/tcp_retransmit_skb, tcp/tcp_receive_reset for TCP".into());
+                will_use.push("tracepoints sock/inet_sock_set_state, tcp/tcp_retransmit_skb, tcp/tcp_receive_reset, tcp/tcp_retransmit_synack for TCP".into());
                 will_use.push("one BPF ring buffer, drained on a 10 ms timer".into());
                 Item {
                     name: "load and attach".into(),

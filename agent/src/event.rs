@@ -2,7 +2,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
-    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_PID_UNKNOWN,
+    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
+    TCP_FLAG_PID_UNKNOWN,
 };
 use serde::Serialize;
 
@@ -72,6 +73,9 @@ pub struct JsonEvent {
     /// false when the owning process was not known (listener older than kspan).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid_known: Option<bool>,
+    /// Accept events: false when the handshake time is unknown (`duration_ns` is then 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_known: Option<bool>,
 }
 
 impl JsonEvent {
@@ -100,6 +104,7 @@ impl JsonEvent {
             retransmits: None,
             failed: None,
             pid_known: None,
+            handshake_known: None,
         };
         match ev {
             RawEvent::Syscall(_, d) => out.fill_syscall(d),
@@ -134,6 +139,9 @@ impl JsonEvent {
         self.retransmits = Some(d.retransmits);
         if kind == EventKind::TcpConnect {
             self.failed = Some(flags & TCP_FLAG_FAILED != 0);
+        }
+        if kind == EventKind::TcpAccept {
+            self.handshake_known = Some(flags & TCP_FLAG_HANDSHAKE_UNKNOWN == 0);
         }
         if flags & TCP_FLAG_FAILED != 0 && d.error != 0 {
             self.errno = Some(names::errno_name(d.error as i32).into_owned());

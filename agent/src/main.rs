@@ -28,7 +28,7 @@ fn main() -> ExitCode {
                     } else {
                         "warn"
                     };
-                    println!("{mark} {:<34} {}", i.name, i.detail);
+                    println!("{mark} {:<37} {}", i.name, i.detail);
                 }
                 for u in &report.will_use {
                     println!("use  {u}");

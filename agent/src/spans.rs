@@ -13,7 +13,8 @@
 use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
 
 use agent_common::{
-    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_PID_UNKNOWN,
+    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
+    TCP_FLAG_PID_UNKNOWN,
 };
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
@@ -40,8 +41,11 @@ pub mod attr {
     pub const SYSCALL_FD: &str = "kspan.syscall.fd";
     /// cgroup v2 id of the task.
     pub const CGROUP_ID: &str = "kspan.cgroup.id";
-    /// Segments retransmitted over the connection's life.
+    /// Segments retransmitted: over the connection's life (`tcp connection`), SYNs
+    /// (`tcp connect`) or SYN-ACKs (`tcp accept`).
     pub const TCP_RETRANSMITS: &str = "kspan.tcp.retransmits";
+    /// false on a `tcp accept` span whose handshake time is unknown (the span has no length).
+    pub const TCP_HANDSHAKE_KNOWN: &str = "kspan.tcp.handshake_known";
     /// false when the owning process was unknown (listener older than kspan).
     pub const PID_KNOWN: &str = "kspan.pid_known";
     /// Which sampling rule decided (set by the samplers).
@@ -207,6 +211,10 @@ impl<R: FdResolver> SpanBuilder<R> {
         } else {
             Status::Unset
         };
+        attributes.push(KeyValue::new(
+            attr::TCP_RETRANSMITS,
+            i64::from(d.retransmits),
+        ));
         let (span_kind, name, parent) = match kind {
             EventKind::TcpConnect => {
                 attributes.push(KeyValue::new("server.address", remote.ip().to_string()));
@@ -218,19 +226,16 @@ impl<R: FdResolver> SpanBuilder<R> {
                 attributes.push(KeyValue::new("server.port", i64::from(local.port())));
                 attributes.push(KeyValue::new("client.address", remote.ip().to_string()));
                 attributes.push(KeyValue::new("client.port", i64::from(remote.port())));
+                if h.flags & TCP_FLAG_HANDSHAKE_UNKNOWN != 0 {
+                    attributes.push(KeyValue::new(attr::TCP_HANDSHAKE_KNOWN, false));
+                }
                 (SpanKind::Server, "tcp accept", None)
             }
-            _ => {
-                attributes.push(KeyValue::new(
-                    attr::TCP_RETRANSMITS,
-                    i64::from(d.retransmits),
-                ));
-                (
-                    SpanKind::Internal,
-                    "tcp connection",
-                    self.conns.close(d.skaddr),
-                )
-            }
+            _ => (
+                SpanKind::Internal,
+                "tcp connection",
+                self.conns.close(d.skaddr),
+            ),
         };
         let span = self.span(
             h,

@@ -66,12 +66,16 @@ pub struct Trigger {
 
 impl Trigger {
     pub fn spawn(action: &str, arg: Option<u64>) -> Trigger {
-        let mut cmd = Command::new("python3");
-        cmd.arg(triggers_py()).arg(action);
-        if let Some(a) = arg {
-            cmd.arg(a.to_string());
-        }
-        let mut child = cmd
+        let args: Vec<String> = arg.iter().map(u64::to_string).collect();
+        Trigger::spawn_with(action, &args)
+    }
+
+    /// A trigger whose action takes several arguments.
+    pub fn spawn_with(action: &str, args: &[String]) -> Trigger {
+        let mut child = Command::new("python3")
+            .arg(triggers_py())
+            .arg(action)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
