@@ -308,6 +308,10 @@ fn story_over(protocol: &str) {
     assert_eq!(aa["server.port"], r["listen_port"]);
     assert_eq!(aa["client.port"], r["client_port"]);
     assert_eq!(aa["client.address"], "127.0.0.1");
+    // The server's handshake on loopback: a round trip, with no SYN-ACK retransmit.
+    assert!((1..100_000_000).contains(&dur(accept)), "{accept}");
+    assert_eq!(aa["kspan.tcp.retransmits"], 0);
+    assert!(aa.get("kspan.tcp.handshake_known").is_none(), "{accept}");
 
     // The slow recvs on each end's socket are children of that end's connection span.
     let client_recv = one(&spans, "client recv", |s| {
