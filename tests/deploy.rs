@@ -89,6 +89,17 @@ fn the_configmap_is_a_valid_agent_config() {
     );
 }
 
+/// `sampling.budget.state_file` of the ConfigMap's config.
+fn configmap_state_file() -> String {
+    let cm = &docs(&deploy_dir().join("configmap.yaml"))[0];
+    let text = cm["data"]["kspan.yaml"].as_str().expect("data.kspan.yaml");
+    let cfg: serde_norway::Value = serde_norway::from_str(text).unwrap();
+    cfg["sampling"]["budget"]["state_file"]
+        .as_str()
+        .expect("the ConfigMap keeps the budget's state")
+        .to_string()
+}
+
 #[test]
 fn daemonsets_match_the_agent() {
     for name in ["daemonset.yaml", "daemonset-privileged.yaml"] {
@@ -123,6 +134,32 @@ fn daemonsets_match_the_agent() {
         ] {
             assert!(mounts.contains(&m), "{name}: {m} not mounted");
         }
+        // The budget's state file is on a writable host mount (the root filesystem is
+        // read-only), so its spend survives restarts.
+        let state_dir = std::path::Path::new(&configmap_state_file())
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let state_mount = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some(state_dir.as_str()))
+            .unwrap_or_else(|| panic!("{name}: {state_dir} not mounted"));
+        assert_ne!(state_mount["readOnly"].as_bool(), Some(true), "{name}");
+        let vol = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == state_mount["name"])
+            .unwrap();
+        assert_eq!(vol["hostPath"]["path"].as_str(), Some(state_dir.as_str()));
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+            Some(true)
+        );
         assert_eq!(spec["tolerations"][0]["operator"].as_str(), Some("Exists"));
     }
     let ds = &docs(&deploy_dir().join("daemonset.yaml"))[0];

@@ -739,6 +739,95 @@ sampling:
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The budget's spend survives a restart: a second agent in the same period keeps only what
+/// the first left, and a bad state path stops kspan with a clear message.
+#[test]
+fn budget_spend_survives_a_restart() {
+    require_root();
+    let rx = Receiver::start(0, 0);
+    let dir = std::env::temp_dir().join(format!("kspan-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("budget.json");
+    let cfg = dir.join("kspan.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "sampling:\n  budget:\n    period: day\n    spans: 50\n    reserve: 0\n    \
+             state_file: {}\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", rx.grpc_port);
+    let one_run = || {
+        let trigger = Trigger::spawn("getppid", Some(100));
+        let pid = trigger.pid().to_string();
+        let run = Run::start(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--pid",
+            &pid,
+            "--syscalls",
+            "getppid",
+            "--min-duration",
+            "0",
+            "--no-tcp",
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            "grpc",
+            "--batch-timeout",
+            "100ms",
+            "--metrics-addr",
+            "",
+        ]);
+        assert_eq!(trigger.go()["n"], 100);
+        std::thread::sleep(Duration::from_millis(300));
+        run.stop().0
+    };
+    let used = || -> f64 {
+        let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        st["used"].as_f64().unwrap()
+    };
+
+    let first = one_run();
+    assert_eq!(first["spans_built"], 100, "{first}");
+    assert_eq!(first["spans_exported"], 50, "{first}");
+    assert_eq!(first["dropped"]["sampled_out"], 50, "{first}");
+    assert_eq!(used(), 50.0);
+
+    let second = one_run();
+    assert_eq!(second["spans_built"], 100, "{second}");
+    assert_eq!(
+        second["spans_exported"], 0,
+        "the budget was spent before the restart"
+    );
+    assert_eq!(second["dropped"]["sampled_out"], 100, "{second}");
+    assert_eq!(rx.spans().len(), 50);
+    assert_eq!(used(), 50.0);
+
+    // A state file in a directory that does not exist: refused at start, with what to do.
+    std::fs::write(
+        &cfg,
+        "sampling:\n  budget:\n    period: day\n    spans: 50\n    state_file: /nonexistent-kspan/b.json\n",
+    )
+    .unwrap();
+    let out = Command::new(KSPAN)
+        .args(["run", "--exporter", "none", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write /nonexistent-kspan/b.json.tmp"),
+        "{err}"
+    );
+    assert!(!err.contains("tracing"), "refused before attaching: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

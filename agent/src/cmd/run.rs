@@ -31,6 +31,8 @@ pub const MAX_CHUNK: usize = 512;
 pub const EVENT_QUEUE_CHUNKS: usize = 64;
 /// How often kernel counters and gauges are refreshed.
 pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the budget's spend is written to its state file (and once at exit).
+const BUDGET_SAVE_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Args, Clone, Default)]
 #[command(after_long_help = CONFIG_HELP)]
@@ -272,6 +274,21 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         print!("{text}");
         return Ok(None);
     }
+    // Before anything is attached or served: a state file kspan cannot use stops it here.
+    let sampler = match &config.sampling {
+        Some(c) => {
+            let mut p = crate::sampling::Pipeline::new(c)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if let Some(w) = p
+                .open_state()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            {
+                log::warn!("sampling.budget.{w}");
+            }
+            Some(p)
+        }
+        None => None,
+    };
     let filter = FilterArgs {
         pid: config.capture.pids.clone(),
         comm: config.capture.comms.clone(),
@@ -327,12 +344,6 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
     )
     .with_pods(pods);
     let builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
-    let sampler = match &config.sampling {
-        Some(c) => Some(
-            crate::sampling::Pipeline::new(c).map_err(|e| ConfigError::Invalid(e.to_string()))?,
-        ),
-        None => None,
-    };
     let build_task = tokio::spawn(build_stage(
         builder,
         sampler,
@@ -474,6 +485,12 @@ async fn build_stage(
         EventKind::TcpAccept,
         EventKind::TcpClose,
     ];
+    let mut last_save = std::time::Instant::now();
+    let save = |sampler: &Option<crate::sampling::Pipeline>| {
+        if let Some(Err(e)) = sampler.as_ref().map(|p| p.save_state()) {
+            log::warn!("sampling.budget.state_file: {e}");
+        }
+    };
     while let Some(events) = rx.recv().await {
         // Counted per received chunk, not per event: the stats are shared atomics.
         let mut by_kind = [0u64; KINDS.len()];
@@ -523,7 +540,12 @@ async fn build_stage(
         {
             stats.set_budget(&b);
         }
+        if last_save.elapsed() >= BUDGET_SAVE_INTERVAL {
+            save(&sampler);
+            last_save = std::time::Instant::now();
+        }
     }
+    save(&sampler);
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! always-keep rules are not reduced: they draw on a reserve (a share of the budget that
 //! shrinks linearly to 0 at the end of the period, so it is never left unspent). Nothing is
 //! kept once the budget is spent, whatever its priority: spend never exceeds the budget.
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use super::{Decider, Partial, SpanView, Threshold};
@@ -46,6 +48,65 @@ pub struct BudgetConfig {
     /// containing the first span.
     #[serde(default)]
     pub start_unix: Option<u64>,
+    /// Where the period's spend is kept across restarts (saved every 10 s and at exit, read at
+    /// start). Without it a restart forgets what was spent and the period can cost up to
+    /// its budget again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// What `state_file` holds: the spend of one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetState {
+    pub version: u32,
+    /// "spans", "bytes" or "money": a spend in another unit is not carried over.
+    pub unit: String,
+    pub period_start_unix: u64,
+    pub period_end_unix: u64,
+    pub used: f64,
+}
+
+const STATE_VERSION: u32 = 1;
+
+/// Reads a state file: `Ok(None)` when there is none yet; `Err` when it cannot be read or
+/// is not a budget state.
+pub fn load_state(path: &Path) -> Result<Option<BudgetState>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let st: BudgetState = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a kspan budget state: {e}", path.display()))?;
+    if st.version != STATE_VERSION || !st.used.is_finite() || st.used < 0.0 {
+        return Err(format!(
+            "{} holds an unusable state (version {}, used {})",
+            path.display(),
+            st.version,
+            st.used
+        ));
+    }
+    Ok(Some(st))
+}
+
+/// Writes a state file atomically: a temporary file next to it, synced, then renamed.
+pub fn save_state(path: &Path, st: &BudgetState) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = tmp_path(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(serde_json::to_string(st).unwrap_or_default().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", tmp.display()))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 fn default_reserve() -> f64 {
@@ -96,6 +157,9 @@ pub struct Budget {
     rate_in: f64,
     rate_kept: f64,
     factor: f64,
+    state_file: Option<PathBuf>,
+    /// Spend read from `state_file`, applied when the period it names starts.
+    restored: Option<BudgetState>,
 }
 
 /// Days since 1970-01-01 -> (year, month 1-12, day 1-31) and back (Howard Hinnant).
@@ -183,7 +247,66 @@ impl Budget {
             rate_in: 0.0,
             rate_kept: 0.0,
             factor: 1.0,
+            state_file: c.state_file.clone(),
+            restored: None,
         })
+    }
+
+    /// Reads `state_file` and checks that it can be written. A file that cannot be parsed
+    /// is reported and replaced at the next save; a path that cannot be written is an error.
+    /// Returns a warning to show, if any.
+    pub fn open_state(&mut self) -> Result<Option<String>, String> {
+        let Some(path) = self.state_file.clone() else {
+            return Ok(None);
+        };
+        let warning = match load_state(&path) {
+            Ok(st) => {
+                self.restored = st;
+                None
+            }
+            Err(e) if path.exists() && std::fs::File::open(&path).is_ok() => Some(format!(
+                "{e}: this period's spend starts at 0 and the file is replaced at the next save"
+            )),
+            Err(e) => return Err(format!("state_file: {e}")),
+        };
+        let tmp = tmp_path(&path);
+        std::fs::File::create(&tmp)
+            .and_then(|_| std::fs::remove_file(&tmp))
+            .map_err(|e| {
+                format!(
+                    "state_file: cannot write {}: {e}; give a path in a writable directory \
+                     (the DaemonSet mounts /var/lib/kspan)",
+                    tmp.display()
+                )
+            })?;
+        Ok(warning)
+    }
+
+    /// The spend to persist; None before the first span.
+    pub fn state(&self) -> Option<BudgetState> {
+        (self.end_ns != 0).then(|| BudgetState {
+            version: STATE_VERSION,
+            unit: self.unit_name().into(),
+            period_start_unix: self.start_ns / 1_000_000_000,
+            period_end_unix: self.end_ns / 1_000_000_000,
+            used: self.used,
+        })
+    }
+
+    /// Writes the state to `state_file`, if one is configured.
+    pub fn save(&self) -> Result<(), String> {
+        match (&self.state_file, self.state()) {
+            (Some(path), Some(st)) => save_state(path, &st),
+            _ => Ok(()),
+        }
+    }
+
+    fn unit_name(&self) -> &'static str {
+        match self.unit {
+            Unit::Spans => "spans",
+            Unit::Bytes => "bytes",
+            Unit::MoneyPerSpan(_) | Unit::MoneyPerByte(_) => "money",
+        }
     }
 
     fn cost<S: SpanView + ?Sized>(&self, s: &S) -> f64 {
@@ -220,6 +343,14 @@ impl Budget {
         self.window_kept = 0.0;
         self.last_update = now;
         self.next_update = now + self.interval;
+        if let Some(st) = self.restored.take() {
+            if st.unit == self.unit_name()
+                && st.period_start_unix * 1_000_000_000 == start
+                && st.period_end_unix * 1_000_000_000 == end
+            {
+                self.used = st.used;
+            }
+        }
     }
 
     fn reserve_left(&self, now: u64) -> f64 {
@@ -335,6 +466,7 @@ mod tests {
             reserve: 0.1,
             update_interval: 1,
             start_unix: None,
+            state_file: None,
         };
         assert!(Budget::new(&base).is_err(), "money needs a cost");
         let ok = BudgetConfig {
@@ -349,5 +481,136 @@ mod tests {
         assert!(Budget::new(&both).is_err());
         let bad_reserve = BudgetConfig { reserve: 1.5, ..ok };
         assert!(Budget::new(&bad_reserve).is_err());
+    }
+
+    fn spans_budget(total: f64, state_file: Option<PathBuf>) -> Budget {
+        Budget::new(&BudgetConfig {
+            period: Period::Day,
+            money: None,
+            cost_per_span: None,
+            cost_per_gb: None,
+            spans: Some(total),
+            bytes: None,
+            reserve: 0.0,
+            update_interval: 3_600_000_000_000,
+            start_unix: None,
+            state_file,
+        })
+        .unwrap()
+    }
+
+    /// Offers `n` spans at `now` with probability 1 (randomness max: kept unless the budget
+    /// says never); returns how many were kept.
+    fn offer(b: &mut Budget, n: usize, now: u64) -> usize {
+        use crate::sampling::{tests::TestSpan, Randomness};
+        let s = TestSpan::new("s", 1, 0, 1);
+        (0..n)
+            .filter(|_| {
+                let mut p = Partial {
+                    probability: 1.0,
+                    randomness: Randomness::from_trace_id([0xff; 16]),
+                    priority: false,
+                    decider: Decider::None,
+                };
+                b.apply(&s, &mut p, now, 4).keeps(p.randomness)
+            })
+            .count()
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kspan-budget-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const NOW: u64 = 1_795_392_000 * 1_000_000_000 + 3_600_000_000_000;
+
+    #[test]
+    fn spend_survives_a_restart_within_the_period() {
+        let dir = temp_dir("restart");
+        let file = dir.join("budget.json");
+        let mut first = spans_budget(100.0, Some(file.clone()));
+        assert_eq!(first.open_state().unwrap(), None);
+        assert_eq!(offer(&mut first, 60, NOW), 60);
+        first.save().unwrap();
+        assert!(!dir.join("budget.json.tmp").exists());
+        let st = load_state(&file).unwrap().unwrap();
+        assert_eq!(st.used, 60.0);
+        assert_eq!(st.unit, "spans");
+        assert_eq!(st.period_start_unix, 1_795_392_000);
+        assert_eq!(st.period_end_unix, 1_795_392_000 + 86_400);
+
+        // A restart an hour later, same day: 40 left, not 100.
+        let mut second = spans_budget(100.0, Some(file.clone()));
+        assert_eq!(second.open_state().unwrap(), None);
+        assert_eq!(offer(&mut second, 100, NOW + 3_600_000_000_000), 40);
+        second.save().unwrap();
+        assert_eq!(load_state(&file).unwrap().unwrap().used, 100.0);
+
+        // The next day is a new period: the saved spend does not apply.
+        let mut third = spans_budget(100.0, Some(file.clone()));
+        third.open_state().unwrap();
+        assert_eq!(offer(&mut third, 100, NOW + DAY_NS), 100);
+
+        // Another unit: not carried over either.
+        let mut bytes = Budget::new(&BudgetConfig {
+            spans: None,
+            bytes: Some(1e12),
+            ..BudgetConfig {
+                period: Period::Day,
+                money: None,
+                cost_per_span: None,
+                cost_per_gb: None,
+                spans: None,
+                bytes: None,
+                reserve: 0.0,
+                update_interval: 3_600_000_000_000,
+                start_unix: None,
+                state_file: Some(file.clone()),
+            }
+        })
+        .unwrap();
+        save_state(&file, &st).unwrap();
+        bytes.open_state().unwrap();
+        offer(&mut bytes, 1, NOW);
+        assert!(
+            bytes.state().unwrap().used < 10_000.0,
+            "one span's bytes, not 60 + that"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_state_is_reported_and_replaced() {
+        let dir = temp_dir("corrupt");
+        let file = dir.join("budget.json");
+        std::fs::write(&file, "{\"used\": 5").unwrap();
+        let mut b = spans_budget(100.0, Some(file.clone()));
+        let warning = b.open_state().unwrap().expect("a warning");
+        assert!(warning.contains("not a kspan budget state"), "{warning}");
+        assert_eq!(offer(&mut b, 10, NOW), 10);
+        b.save().unwrap();
+        assert_eq!(load_state(&file).unwrap().unwrap().used, 10.0);
+        std::fs::write(
+            &file,
+            r#"{"version":1,"unit":"spans","period_start_unix":0,"period_end_unix":1,"used":-3}"#,
+        )
+        .unwrap();
+        assert!(load_state(&file).unwrap_err().contains("unusable"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unwritable_state_path_is_an_error() {
+        let mut b = spans_budget(100.0, Some("/proc/kspan-no/budget.json".into()));
+        let e = b.open_state().unwrap_err();
+        assert!(
+            e.contains("cannot write") && e.contains("writable directory"),
+            "{e}"
+        );
+        let mut none = spans_budget(100.0, None);
+        assert_eq!(none.open_state().unwrap(), None);
+        assert!(none.save().is_ok());
     }
 }

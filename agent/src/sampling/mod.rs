@@ -286,6 +286,19 @@ impl Pipeline {
         }
     }
 
+    /// Reads the budget's state file (see `Budget::open_state`).
+    pub fn open_state(&mut self) -> Result<Option<String>, SamplingError> {
+        match &mut self.budget {
+            Some(b) => b.open_state().map_err(SamplingError::Budget),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves the budget's state, if it has a state file.
+    pub fn save_state(&self) -> Result<(), String> {
+        self.budget.as_ref().map_or(Ok(()), Budget::save)
+    }
+
     pub fn budget_status(&self, now_unix_ns: u64) -> Option<BudgetStatus> {
         self.budget.as_ref().map(|b| b.status(now_unix_ns))
     }

@@ -438,6 +438,7 @@ pub fn run(
             reserve: 0.1,
             update_interval: 60 * NS,
             start_unix: None,
+            state_file: None,
         });
         let cfg = SamplingConfig {
             precision: base.precision,
