@@ -27,6 +27,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(grpc_port: u16, http_port: u16) -> Receiver {
+        Receiver::start_with(grpc_port, http_port, &[])
+    }
+
+    /// With extra receiver arguments (TLS files).
+    fn start_with(grpc_port: u16, http_port: u16, extra: &[&str]) -> Receiver {
         let mut child = Command::new(venv_bin("python"))
             .arg(format!(
                 "{}/../tests/otlp_receiver.py",
@@ -34,6 +39,8 @@ impl Receiver {
             ))
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--http-port", &http_port.to_string()])
+            .args(extra)
+            .env("GRPC_VERBOSITY", "ERROR")
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn receiver");
@@ -825,6 +832,181 @@ fn budget_spend_survives_a_restart() {
         "{err}"
     );
     assert!(!err.contains("tracing"), "refused before attaching: {err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and a client certificate, made with
+/// openssl in `dir`.
+fn make_certs(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let st = Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .expect("sh");
+        assert!(st.success(), "openssl failed: {script}");
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    sh(&format!(
+        "openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=kspan-test-ca"
+    ));
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        sh(&format!(
+            "openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN=kspan-{name} && \
+             printf 'basicConstraints=CA:FALSE\n{ext}\n' > {name}.ext && \
+             openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -out {name}.pem -days 2 -extfile {name}.ext"
+        ));
+    }
+}
+
+/// Exports 20 getppid spans to a TLS receiver that requires a client certificate; returns
+/// kspan's summary and the spans received.
+fn tls_export(
+    rx: &Receiver,
+    protocol: &str,
+    tls_args: &[&str],
+    env: &[(&str, &str)],
+) -> (Value, Vec<Value>) {
+    let port = if protocol == "grpc" {
+        rx.grpc_port
+    } else {
+        rx.http_port
+    };
+    let trigger = Trigger::spawn("getppid", Some(20));
+    let pid = trigger.pid().to_string();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let mut args = vec![
+        "--pid",
+        &pid,
+        "--syscalls",
+        "getppid",
+        "--min-duration",
+        "0",
+        "--no-tcp",
+        "--endpoint",
+        &endpoint,
+        "--protocol",
+        protocol,
+        "--batch-timeout",
+        "100ms",
+        "--export-timeout",
+        "3s",
+        "--retry-max-elapsed",
+        "1s",
+        "--metrics-addr",
+        "",
+    ];
+    args.extend_from_slice(tls_args);
+    let run = Run::start_env(&args, env);
+    assert_eq!(trigger.go()["n"], 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (summary, _) = run.stop();
+    (summary, rx.spans())
+}
+
+/// Export to a collector with a private CA and mutual TLS, over gRPC and HTTP; without the
+/// client certificate or the CA the exports fail and are counted; bad files stop kspan.
+#[test]
+fn mutual_tls_with_a_private_ca() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("kspan-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    let f = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let (ca, cert, key) = (f("ca.pem"), f("client.pem"), f("client.key"));
+    let rx_args = [
+        "--tls-cert",
+        &f("server.pem"),
+        "--tls-key",
+        &f("server.key"),
+        "--tls-client-ca",
+        &ca,
+    ];
+    let full = [
+        "--tls-ca",
+        ca.as_str(),
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+    ];
+    for protocol in ["grpc", "http/protobuf"] {
+        let rx = Receiver::start_with(0, 0, &rx_args);
+        let (summary, spans) = tls_export(&rx, protocol, &full, &[]);
+        assert_eq!(summary["spans_exported"], 20, "{protocol}: {summary}");
+        assert_eq!(spans.len(), 20, "{protocol}");
+        assert!(spans.iter().all(|s| s["name"] == "getppid"));
+
+        // The same through the standard variables.
+        let rx = Receiver::start_with(0, 0, &rx_args);
+        let env = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+        ];
+        let (summary, spans) = tls_export(&rx, protocol, &[], &env);
+        assert_eq!(summary["spans_exported"], 20, "{protocol} (env): {summary}");
+        assert_eq!(spans.len(), 20);
+
+        // No client certificate: the receiver refuses the handshake.
+        let rx = Receiver::start_with(0, 0, &rx_args);
+        let (summary, spans) = tls_export(&rx, protocol, &["--tls-ca", &ca], &[]);
+        assert_eq!(summary["spans_exported"], 0, "{protocol}: {summary}");
+        assert_eq!(
+            summary["dropped"]["export_failed"], 20,
+            "{protocol}: {summary}"
+        );
+        assert!(spans.is_empty());
+
+        // The public roots only: kspan refuses the server's certificate.
+        let rx = Receiver::start_with(0, 0, &rx_args);
+        let (summary, spans) = tls_export(
+            &rx,
+            protocol,
+            &["--tls-cert", &cert, "--tls-key", &key],
+            &[],
+        );
+        assert_eq!(
+            summary["dropped"]["export_failed"], 20,
+            "{protocol}: {summary}"
+        );
+        assert!(spans.is_empty());
+    }
+
+    // Files that cannot work stop kspan at start, saying which and why.
+    for (args, expect) in [
+        (vec!["--tls-cert", cert.as_str()], "needs its key"),
+        (vec!["--tls-ca", key.as_str()], "holds no PEM certificate"),
+        (
+            vec!["--tls-ca", "/nonexistent/ca.pem"],
+            "ca_file /nonexistent/ca.pem",
+        ),
+        (
+            vec!["--tls-cert", cert.as_str(), "--tls-key", ca.as_str()],
+            "no usable PEM private key",
+        ),
+    ] {
+        let out = Command::new(KSPAN)
+            .args(["run", "--endpoint", "https://127.0.0.1:1"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("exporter.tls: ") && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

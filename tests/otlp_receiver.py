@@ -8,6 +8,9 @@ in hex and attribute values with their protobuf types kept (int stays int, strin
 A line {"ready": true, "grpc_port": N, "http_port": M} comes first.
 
 usage: otlp_receiver.py [--grpc-port N] [--http-port M] [--count-only]   (0 = any free port)
+                        [--tls-cert F --tls-key F [--tls-client-ca F]]
+With --tls-cert/--tls-key both servers speak TLS only (gRPC with grpcio's TLS, HTTP with
+Python's ssl); with --tls-client-ca they also require a client certificate signed by it.
 With --count-only spans are only counted (for benchmarks); the total is printed as
 {"spans": N, "requests": R} on SIGTERM.
 """
@@ -16,6 +19,7 @@ import gzip
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -120,6 +124,9 @@ def main():
     ap.add_argument("--grpc-port", type=int, default=0)
     ap.add_argument("--http-port", type=int, default=0)
     ap.add_argument("--count-only", action="store_true")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca")
     a = ap.parse_args()
     global COUNT_ONLY
     COUNT_ONLY = a.count_only
@@ -132,9 +139,26 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-    grpc_port = server.add_insecure_port(f"127.0.0.1:{a.grpc_port}")
-    server.start()
     http = ThreadingHTTPServer(("127.0.0.1", a.http_port), Http)
+    if a.tls_cert:
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        client_ca = read(a.tls_client_ca) if a.tls_client_ca else None
+        creds = grpc.ssl_server_credentials(
+            [(read(a.tls_key), read(a.tls_cert))],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None)
+        grpc_port = server.add_secure_port(f"127.0.0.1:{a.grpc_port}", creds)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        if a.tls_client_ca:
+            ctx.load_verify_locations(a.tls_client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        http.socket = ctx.wrap_socket(http.socket, server_side=True)
+    else:
+        grpc_port = server.add_insecure_port(f"127.0.0.1:{a.grpc_port}")
+    server.start()
     threading.Thread(target=http.serve_forever, daemon=True).start()
     with LOCK:
         print(json.dumps({"ready": True, "grpc_port": grpc_port,

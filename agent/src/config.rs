@@ -1,7 +1,11 @@
 //! The agent's YAML configuration (`kspan run --config FILE`). Every section rejects unknown
 //! keys; command-line flags override the file (see `cmd::run`). Defaults live in named
 //! constants next to the field they fill.
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +148,31 @@ pub struct ExporterSection {
     /// Time allowed for one export, retries inside it included.
     #[serde(with = "opt_duration_str")]
     pub timeout: Option<Duration>,
+    /// TLS for `https://` endpoints.
+    #[serde(skip_serializing_if = "TlsSection::is_empty")]
+    pub tls: TlsSection,
+}
+
+/// TLS files (PEM). Unset ones fall back to `OTEL_EXPORTER_OTLP_{TRACES_,}CERTIFICATE`,
+/// `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// CA certificates to trust instead of the public roots (a private PKI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (chain) for mutual TLS; needs `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsSection {
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -29,7 +29,7 @@ use opentelemetry_sdk::{
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    config::{Compression, ExporterKind, ExporterSection, PipelineSection, Protocol},
+    config::{Compression, ExporterKind, ExporterSection, PipelineSection, Protocol, TlsSection},
     metrics::{DropReason, Stats},
     spans::Built,
 };
@@ -46,6 +46,82 @@ pub enum ExportError {
     Header { name: String, why: String },
     #[error("OTEL_EXPORTER_OTLP_PROTOCOL (or _TRACES_PROTOCOL) is {0:?}; use grpc, http/protobuf or http/json")]
     EnvProtocol(String),
+    #[error("exporter.tls: {0}")]
+    Tls(String),
+}
+
+/// TLS material, read and checked at start so that a bad file is an error now, not a failed
+/// export later.
+#[derive(Default)]
+struct TlsFiles {
+    /// PEM CA certificates to trust instead of the public roots.
+    ca: Option<Vec<u8>>,
+    /// PEM client certificate chain and private key.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.identity.is_none()
+    }
+}
+
+fn tls_file(configured: &Option<std::path::PathBuf>, var: &str) -> Option<std::path::PathBuf> {
+    configured.clone().or_else(|| {
+        env_nonempty(&format!("OTEL_EXPORTER_OTLP_TRACES_{var}"))
+            .or_else(|| env_nonempty(&format!("OTEL_EXPORTER_OTLP_{var}")))
+            .map(Into::into)
+    })
+}
+
+/// Reads a PEM file holding at least one certificate.
+fn read_certs(path: &std::path::Path, what: &str) -> Result<Vec<u8>, ExportError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = std::fs::read(path)
+        .map_err(|e| ExportError::Tls(format!("{what} {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ExportError::Tls(format!("{what} {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ExportError::Tls(format!(
+            "{what} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+fn read_tls(cfg: &TlsSection) -> Result<TlsFiles, ExportError> {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let ca = tls_file(&cfg.ca_file, "CERTIFICATE");
+    let cert = tls_file(&cfg.cert_file, "CLIENT_CERTIFICATE");
+    let key = tls_file(&cfg.key_file, "CLIENT_KEY");
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let cert = read_certs(&c, "cert_file")?;
+            let key = std::fs::read(&k)
+                .map_err(|e| ExportError::Tls(format!("key_file {}: {e}", k.display())))?;
+            PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+                ExportError::Tls(format!(
+                    "key_file {} holds no usable PEM private key: {e}",
+                    k.display()
+                ))
+            })?;
+            Some((cert, key))
+        }
+        _ => {
+            return Err(ExportError::Tls(
+                "a client certificate needs its key: give both cert_file and key_file \
+                 (--tls-cert and --tls-key)"
+                    .into(),
+            ))
+        }
+    };
+    Ok(TlsFiles {
+        ca: ca.map(|p| read_certs(&p, "ca_file")).transpose()?,
+        identity,
+    })
 }
 
 /// Where batches go.
@@ -117,6 +193,49 @@ pub fn resolve_protocol(cfg: &ExporterSection) -> Result<Protocol, ExportError> 
     Ok(Protocol::HttpProtobuf)
 }
 
+/// The HTTP exporter's client with the TLS files: what opentelemetry-otlp would build
+/// (reqwest with rustls and the export timeout) plus the roots and identity.
+fn http_client(tls: &TlsFiles, timeout: Option<Duration>) -> Result<reqwest::Client, ExportError> {
+    let bad = |what: &str, e: reqwest::Error| ExportError::Tls(format!("{what}: {e}"));
+    let env_timeout = || {
+        env_nonempty("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .and_then(|ms| ms.trim().parse().ok())
+            .map(Duration::from_millis)
+    };
+    let timeout = timeout
+        .or_else(env_timeout)
+        .unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if let Some(ca) = &tls.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(|e| bad("ca_file", e))?;
+        b = b.tls_certs_only(certs);
+    }
+    if let Some((cert, key)) = &tls.identity {
+        let pem = [cert.as_slice(), b"\n", key.as_slice()].concat();
+        b = b
+            .identity(reqwest::Identity::from_pem(&pem).map_err(|e| bad("cert_file/key_file", e))?);
+    }
+    b.build().map_err(|e| bad("building the HTTP client", e))
+}
+
+/// What to do about an export error, when its text says enough to tell.
+fn error_hint(e: &str) -> &'static str {
+    let l = e.to_ascii_lowercase();
+    if l.contains("certificate") || l.contains("unknownissuer") || l.contains("handshake") {
+        " (TLS: a collector with a private CA needs exporter.tls.ca_file or --tls-ca; one that \
+         asks for a client certificate needs --tls-cert and --tls-key)"
+    } else if l.contains("network error") || l.contains("connection refused") {
+        " (is the collector running and reachable at the endpoint? for https, a refused \
+         certificate shows here too: see exporter.tls)"
+    } else {
+        ""
+    }
+}
+
+/// OTLP's default export timeout, used for a client kspan builds itself.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An HTTP endpoint given as a base URL gets the traces path, as the OTLP
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` rules say.
 fn http_traces_url(endpoint: &str) -> String {
@@ -156,9 +275,24 @@ impl SpanSink {
                     Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
                     Compression::None => None,
                 });
+                let tls = read_tls(&cfg.tls)?;
                 let exporter = match protocol {
                     Protocol::Grpc => {
                         let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                        if !tls.is_empty() {
+                            use opentelemetry_otlp::tonic_types::transport::{
+                                Certificate, ClientTlsConfig, Identity,
+                            };
+                            let mut t = ClientTlsConfig::new();
+                            t = match &tls.ca {
+                                Some(ca) => t.ca_certificate(Certificate::from_pem(ca)),
+                                None => t.with_webpki_roots(),
+                            };
+                            if let Some((cert, key)) = &tls.identity {
+                                t = t.identity(Identity::from_pem(cert, key));
+                            }
+                            b = b.with_tls_config(t);
+                        }
                         if let Some(e) = &cfg.endpoint {
                             b = b.with_endpoint(e.clone());
                         }
@@ -208,6 +342,9 @@ impl SpanSink {
                         }
                         if !cfg.headers.is_empty() {
                             b = b.with_headers(cfg.headers.clone().into_iter().collect());
+                        }
+                        if !tls.is_empty() {
+                            b = b.with_http_client(http_client(&tls, cfg.timeout)?);
                         }
                         b.build()
                     }
@@ -425,7 +562,7 @@ impl ExportStage {
                 Err(e) => {
                     self.stats.export_failed_attempt(secs);
                     if self.last_error.is_none() {
-                        log::warn!("export failed, will retry: {e}");
+                        log::warn!("export failed, will retry: {e}{}", error_hint(&e));
                     }
                     self.last_error = Some(e);
                     failed.extend(spans);
@@ -463,6 +600,19 @@ impl ExportStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_hints() {
+        // The texts opentelemetry-otlp gives for a refused server certificate (gRPC, HTTP).
+        let grpc = "Operation failed: TonicTracesClient export failed with gRPC code: \
+                    Unavailable: transport error: invalid peer certificate: UnknownIssuer";
+        assert!(error_hint(grpc).contains("tls.ca_file"));
+        assert!(
+            error_hint("Operation failed: HTTP export failed: network error")
+                .contains("exporter.tls")
+        );
+        assert_eq!(error_hint("HTTP export failed. Status Code: 503"), "");
+    }
 
     #[test]
     fn http_paths() {

@@ -75,6 +75,17 @@ pub struct RunArgs {
     /// Time allowed for one export, retries included [env: OTEL_EXPORTER_OTLP_TIMEOUT].
     #[arg(long, value_parser = parse_duration)]
     pub export_timeout: Option<Duration>,
+    /// CA certificates (PEM) to trust for an https endpoint instead of the public roots
+    /// [env: OTEL_EXPORTER_OTLP_CERTIFICATE].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key
+    /// [env: OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM) [env: OTEL_EXPORTER_OTLP_CLIENT_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Spans per export request [default: 512].
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -123,6 +134,7 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     headers: {x-api-key: secret}
     compression: gzip       # gzip | none
     timeout: 10s
+    tls: {ca_file: ca.pem, cert_file: client.pem, key_file: client-key.pem}
   pipeline:
     batch_size: 512         batch_timeout: 1s     queue_spans: 16384
     retry_max_elapsed: 60s  shutdown_timeout: 5s
@@ -136,7 +148,8 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
   sampling: ...             # see the README's Sampling section
 
 Unset exporter keys fall back to OTEL_EXPORTER_OTLP_{TRACES_,}{ENDPOINT,PROTOCOL,HEADERS,
-COMPRESSION,TIMEOUT}; OTEL_RESOURCE_ATTRIBUTES is added to every resource.
+COMPRESSION,TIMEOUT,CERTIFICATE,CLIENT_CERTIFICATE,CLIENT_KEY}; OTEL_RESOURCE_ATTRIBUTES is
+added to every resource.
 Metrics: GET /metrics (Prometheus), /healthz, /readyz on metrics.addr.";
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -218,6 +231,15 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     }
     if args.export_timeout.is_some() {
         e.timeout = args.export_timeout;
+    }
+    if args.tls_ca.is_some() {
+        e.tls.ca_file = args.tls_ca.clone();
+    }
+    if args.tls_cert.is_some() {
+        e.tls.cert_file = args.tls_cert.clone();
+    }
+    if args.tls_key.is_some() {
+        e.tls.key_file = args.tls_key.clone();
     }
     let p = &mut c.pipeline;
     if let Some(v) = args.batch_size {
