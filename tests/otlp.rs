@@ -767,32 +767,8 @@ fn budget_spend_survives_a_restart() {
     )
     .unwrap();
     let endpoint = format!("http://127.0.0.1:{}", rx.grpc_port);
-    let one_run = || {
-        let trigger = Trigger::spawn("getppid", Some(100));
-        let pid = trigger.pid().to_string();
-        let run = Run::start(&[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--pid",
-            &pid,
-            "--syscalls",
-            "getppid",
-            "--min-duration",
-            "0",
-            "--no-tcp",
-            "--endpoint",
-            &endpoint,
-            "--protocol",
-            "grpc",
-            "--batch-timeout",
-            "100ms",
-            "--metrics-addr",
-            "",
-        ]);
-        assert_eq!(trigger.go()["n"], 100);
-        std::thread::sleep(Duration::from_millis(300));
-        run.stop().0
-    };
+    let cfg_arg = ["--config", cfg.to_str().unwrap()];
+    let one_run = || getppid_spans(100, &endpoint, "grpc", &cfg_arg, &[], 300);
     let used = || -> f64 {
         let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
         st["used"].as_f64().unwrap()
@@ -880,9 +856,25 @@ fn tls_export(
     } else {
         rx.http_port
     };
-    let trigger = Trigger::spawn("getppid", Some(20));
-    let pid = trigger.pid().to_string();
     let endpoint = format!("https://127.0.0.1:{port}");
+    let mut args = vec!["--export-timeout", "3s", "--retry-max-elapsed", "1s"];
+    args.extend_from_slice(tls_args);
+    let summary = getppid_spans(20, &endpoint, protocol, &args, env, 1500);
+    (summary, rx.spans())
+}
+
+/// `kspan run` making a span of each of `n` getppid calls of a trigger, exported to
+/// `endpoint`; waits `settle_ms` for the export, stops kspan and returns its summary.
+fn getppid_spans(
+    n: u64,
+    endpoint: &str,
+    protocol: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    settle_ms: u64,
+) -> Value {
+    let trigger = Trigger::spawn("getppid", Some(n));
+    let pid = trigger.pid().to_string();
     let mut args = vec![
         "--pid",
         &pid,
@@ -892,24 +884,19 @@ fn tls_export(
         "0",
         "--no-tcp",
         "--endpoint",
-        &endpoint,
+        endpoint,
         "--protocol",
         protocol,
         "--batch-timeout",
         "100ms",
-        "--export-timeout",
-        "3s",
-        "--retry-max-elapsed",
-        "1s",
         "--metrics-addr",
         "",
     ];
-    args.extend_from_slice(tls_args);
+    args.extend_from_slice(extra);
     let run = Run::start_env(&args, env);
-    assert_eq!(trigger.go()["n"], 20);
-    std::thread::sleep(Duration::from_millis(1500));
-    let (summary, _) = run.stop();
-    (summary, rx.spans())
+    assert_eq!(trigger.go()["n"], n);
+    std::thread::sleep(Duration::from_millis(settle_ms));
+    run.stop().0
 }
 
 /// Export to a collector with a private CA and mutual TLS, over gRPC and HTTP; without the
