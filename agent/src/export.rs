@@ -67,11 +67,7 @@ impl TlsFiles {
 }
 
 fn tls_file(configured: &Option<std::path::PathBuf>, var: &str) -> Option<std::path::PathBuf> {
-    configured.clone().or_else(|| {
-        env_nonempty(&format!("OTEL_EXPORTER_OTLP_TRACES_{var}"))
-            .or_else(|| env_nonempty(&format!("OTEL_EXPORTER_OTLP_{var}")))
-            .map(Into::into)
-    })
+    configured.clone().or_else(|| otlp_env(var).map(Into::into))
 }
 
 /// Reads a PEM file holding at least one certificate.
@@ -164,12 +160,17 @@ fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// A standard exporter variable: `OTEL_EXPORTER_OTLP_TRACES_<setting>`, else
+/// `OTEL_EXPORTER_OTLP_<setting>` (the signal-specific one wins), if set and not empty.
+fn otlp_env(setting: &str) -> Option<String> {
+    env_nonempty(&format!("OTEL_EXPORTER_OTLP_TRACES_{setting}"))
+        .or_else(|| env_nonempty(&format!("OTEL_EXPORTER_OTLP_{setting}")))
+}
+
 /// The exporter kind when none is configured: OTLP when an endpoint is set (config or the
 /// standard variables), else stdout.
 pub fn default_kind(cfg: &ExporterSection) -> ExporterKind {
-    let env_endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
-    if cfg.endpoint.is_some() || env_endpoint.is_some() {
+    if cfg.endpoint.is_some() || otlp_env("ENDPOINT").is_some() {
         ExporterKind::Otlp
     } else {
         ExporterKind::Stdout
@@ -182,15 +183,10 @@ pub fn resolve_protocol(cfg: &ExporterSection) -> Result<Protocol, ExportError> 
     if let Some(p) = cfg.protocol {
         return Ok(p);
     }
-    for var in [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
-        if let Some(v) = env_nonempty(var) {
-            return Protocol::from_env_value(&v).ok_or(ExportError::EnvProtocol(v));
-        }
+    match otlp_env("PROTOCOL") {
+        Some(v) => Protocol::from_env_value(&v).ok_or(ExportError::EnvProtocol(v)),
+        None => Ok(Protocol::HttpProtobuf),
     }
-    Ok(Protocol::HttpProtobuf)
 }
 
 /// The HTTP exporter's client with the TLS files: what opentelemetry-otlp would build
@@ -198,8 +194,7 @@ pub fn resolve_protocol(cfg: &ExporterSection) -> Result<Protocol, ExportError> 
 fn http_client(tls: &TlsFiles, timeout: Option<Duration>) -> Result<reqwest::Client, ExportError> {
     let bad = |what: &str, e: reqwest::Error| ExportError::Tls(format!("{what}: {e}"));
     let env_timeout = || {
-        env_nonempty("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-            .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        otlp_env("TIMEOUT")
             .and_then(|ms| ms.trim().parse().ok())
             .map(Duration::from_millis)
     };
