@@ -69,23 +69,37 @@ pub struct BudgetState {
 
 const STATE_VERSION: u32 = 1;
 
-/// Reads a state file: `Ok(None)` when there is none yet; `Err` when it cannot be read or
-/// is not a budget state.
-pub fn load_state(path: &Path) -> Result<Option<BudgetState>, String> {
+/// Why a state file was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file is there but cannot be read (permissions, a directory...).
+    #[error("cannot read {0}")]
+    Unreadable(String),
+    /// It was read but holds no usable budget state.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads a state file: `Ok(None)` when there is none yet.
+pub fn load_state(path: &Path) -> Result<Option<BudgetState>, StateError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(StateError::Unreadable(format!("{}: {e}", path.display()))),
     };
-    let st: BudgetState = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a kspan budget state: {e}", path.display()))?;
+    let st: BudgetState = serde_json::from_str(&text).map_err(|e| {
+        StateError::Invalid(format!(
+            "{} is not a kspan budget state: {e}",
+            path.display()
+        ))
+    })?;
     if st.version != STATE_VERSION || !st.used.is_finite() || st.used < 0.0 {
-        return Err(format!(
+        return Err(StateError::Invalid(format!(
             "{} holds an unusable state (version {}, used {})",
             path.display(),
             st.version,
             st.used
-        ));
+        )));
     }
     Ok(Some(st))
 }
@@ -264,10 +278,10 @@ impl Budget {
                 self.restored = st;
                 None
             }
-            Err(e) if path.exists() && std::fs::File::open(&path).is_ok() => Some(format!(
+            Err(e @ StateError::Invalid(_)) => Some(format!(
                 "{e}: this period's spend starts at 0 and the file is replaced at the next save"
             )),
-            Err(e) => return Err(format!("state_file: {e}")),
+            Err(e @ StateError::Unreadable(_)) => return Err(format!("state_file: {e}")),
         };
         let tmp = tmp_path(&path);
         std::fs::File::create(&tmp)
@@ -597,7 +611,10 @@ mod tests {
             r#"{"version":1,"unit":"spans","period_start_unix":0,"period_end_unix":1,"used":-3}"#,
         )
         .unwrap();
-        assert!(load_state(&file).unwrap_err().contains("unusable"));
+        assert!(load_state(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("unusable"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
