@@ -168,14 +168,41 @@ fn start(filter: &FilterArgs, o: &Opts) -> Result<Capture, HistError> {
     Ok(Capture::start(cc)?)
 }
 
+/// Successive reads of the kernel's histograms, for the text and the full-screen views.
+#[derive(Default)]
+struct Reads {
+    prev: Snapshot,
+    /// Process names seen so far.
+    comms: Comms,
+}
+
+impl Reads {
+    /// What to show now: the change since the last read, or everything with `cumulative`.
+    fn next(
+        &mut self,
+        capture: &Capture,
+        per_process: bool,
+        cumulative: bool,
+    ) -> Result<Snapshot, HistError> {
+        let cur = Snapshot::read(capture, per_process)?;
+        self.comms.learn(&cur);
+        let shown = if cumulative {
+            cur.clone()
+        } else {
+            cur.since(&self.prev)
+        };
+        self.prev = cur;
+        Ok(shown)
+    }
+}
+
 fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
     let capture = start(filter, &o)?;
     if o.mode == Mode::Interactive {
         return interactive(&capture, o);
     }
     let stop = ctrlc_flag().map_err(HistError::Terminal)?;
-    let mut prev = Snapshot::default();
-    let mut comms = Comms::default();
+    let mut reads = Reads::default();
     let mut n = 0u64;
     let mut out = std::io::stdout().lock();
     eprintln!("kspan: measuring (histograms in the kernel); stop with Ctrl-C");
@@ -187,15 +214,8 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
             }
             std::thread::sleep(Duration::from_millis(20).min(o.interval));
         }
-        let cur = Snapshot::read(&capture, o.view == View::Process)?;
-        comms.learn(&cur);
-        let shown = if o.cumulative {
-            cur.clone()
-        } else {
-            cur.since(&prev)
-        };
-        prev = cur;
-        let rs = rows(&shown, o.view, o.sort, &comms);
+        let shown = reads.next(&capture, o.view == View::Process, o.cumulative)?;
+        let rs = rows(&shown, o.view, o.sort, &reads.comms);
         let text = match o.mode {
             Mode::Json => json_doc(&o, &rs),
             _ if o.table_only => table_text(&o, &rs),
@@ -341,8 +361,7 @@ fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
 
     let mut terminal = ratatui::try_init().map_err(HistError::Terminal)?;
     let result = (|| -> Result<(), HistError> {
-        let mut prev = Snapshot::default();
-        let mut comms = Comms::default();
+        let mut reads = Reads::default();
         let mut shown_rows: Vec<Row> = Vec::new();
         let mut state = TableState::default().with_selected(Some(0));
         let mut paused = false;
@@ -350,15 +369,9 @@ fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
         let mut n = 0u64;
         loop {
             if !paused && Instant::now() >= next {
-                let cur = Snapshot::read(capture, true)?;
-                comms.learn(&cur);
-                let shown = if o.cumulative {
-                    cur.clone()
-                } else {
-                    cur.since(&prev)
-                };
-                prev = cur;
-                shown_rows = rows(&shown, o.view, o.sort, &comms);
+                // Per-process histograms always: the view can switch to them.
+                let shown = reads.next(capture, true, o.cumulative)?;
+                shown_rows = rows(&shown, o.view, o.sort, &reads.comms);
                 next = Instant::now() + o.interval;
                 n += 1;
                 if o.count.is_some_and(|c| n > c) {
