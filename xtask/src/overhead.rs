@@ -166,6 +166,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tcp: false,
         ..Default::default()
     };
+    // What `kspan hist` itself loads.
+    let hist = CaptureConfig {
+        starts: StartsTable::Array,
+        emit_syscalls: false,
+        emit_failed: false,
+        tcp: true,
+        emit_tcp: false,
+        ring_buffer_bytes: 4096,
+        ..base.clone()
+    };
     let kspan = |name, config| (name, Setup::Kspan(config));
     let setups = vec![
         ("no tracing", Setup::NoTracing),
@@ -218,27 +228,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ),
         kspan(
             "kspan hist (its own config: raw tp, array starts, TCP programs, no events)",
-            CaptureConfig {
-                starts: StartsTable::Array,
-                emit_syscalls: false,
-                emit_failed: false,
-                tcp: true,
-                emit_tcp: false,
-                ring_buffer_bytes: 4096,
-                ..base.clone()
-            },
+            hist.clone(),
         ),
         kspan(
             "kspan hist --view process (adds per-process histograms)",
             CaptureConfig {
-                starts: StartsTable::Array,
-                emit_syscalls: false,
-                emit_failed: false,
-                tcp: true,
-                emit_tcp: false,
                 proc_hist: true,
-                ring_buffer_bytes: 4096,
-                ..base.clone()
+                ..hist
             },
         ),
         kspan(
