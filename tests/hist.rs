@@ -159,8 +159,7 @@ fn loopback_connect_and_accept_are_counted() {
     }
 }
 
-/// Same workload through bpftrace's hist(): the same total, and bucket counts that differ
-/// only where the two tools' own timestamps put a call on different sides of a power of two.
+/// The same sleeps through bpftrace's hist(): the same total and the same buckets.
 #[test]
 fn bpftrace_hist_agrees() {
     require_root();
@@ -168,10 +167,17 @@ fn bpftrace_hist_agrees() {
         have("bpftrace"),
         "bpftrace missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
     );
-    let script = r#"tracepoint:raw_syscalls:sys_enter /comm == "dd" && args->id == 0/ { @s[tid] = nsecs; }
-tracepoint:raw_syscalls:sys_exit /@s[tid]/ { @h = hist(nsecs - @s[tid]); delete(@s[tid]); }"#;
+    // Sleeps of four lengths, each far from a bucket edge: the two tools take their own
+    // timestamps, so a call lasting within a few microseconds of a power of two may land on
+    // either side (dd's ~255 ns reads once put 5 % of calls across the 256 ns edge).
+    let t = Trigger::spawn("sleep_mix", Some(10));
+    let pid = t.pid().to_string();
+    let script = format!(
+        r#"tracepoint:raw_syscalls:sys_enter /pid == {pid} && args->id == 230/ {{ @s[tid] = nsecs; }}
+tracepoint:raw_syscalls:sys_exit /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}"#
+    );
     let mut bt = Command::new("bpftrace")
-        .args(["-f", "json", "-e", script])
+        .args(["-f", "json", "-e", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -187,13 +193,8 @@ tracepoint:raw_syscalls:sys_exit /@s[tid]/ { @h = hist(nsecs - @s[tid]); delete(
             "bpftrace did not start"
         );
     }
-    let h = Hist::start(&["--comm", "dd", "--syscalls", "read"]);
-    let st = Command::new("dd")
-        .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=50000"])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let h = Hist::start(&["--pid", &pid, "--syscalls", "clock_nanosleep"]);
+    assert_eq!(t.go()["n"], 40);
     let doc = h.stop();
     // SAFETY: kill with a valid pid and signal.
     unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
@@ -211,7 +212,7 @@ tracepoint:raw_syscalls:sys_exit /@s[tid]/ { @h = hist(nsecs - @s[tid]); delete(
         let min = b["min"].as_u64().unwrap_or(0);
         theirs.insert(min, b["count"].as_u64().unwrap());
     }
-    let r = row(&doc, |r| r["syscall"] == "read");
+    let r = row(&doc, |r| r["syscall"] == "clock_nanosleep");
     let mut ours = std::collections::BTreeMap::new();
     for b in r["buckets"].as_array().unwrap() {
         if b[2].as_u64().unwrap() > 0 {
@@ -236,9 +237,10 @@ tracepoint:raw_syscalls:sys_exit /@s[tid]/ { @h = hist(nsecs - @s[tid]); delete(
         .sum::<u64>()
         / 2;
     eprintln!("ours {ours:?}\nbpftrace {theirs:?}\nmoved across a bucket edge: {moved}");
-    assert!(
-        moved * 100 <= total_ours,
-        "more than 1 % of calls in different buckets: ours {ours:?} bpftrace {theirs:?}"
+    assert_eq!(total_ours, 40);
+    assert_eq!(
+        moved, 0,
+        "calls in different buckets: ours {ours:?} bpftrace {theirs:?}"
     );
 }
 

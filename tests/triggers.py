@@ -167,6 +167,15 @@ def sleeps(n):
     return {"n": n}
 
 
+def sleep_mix(n):
+    """n sleeps each of 0.35, 3, 10 and 40 ms: lengths far from any power-of-two bucket edge
+    (2^18-2^19, 2^21-2^22, 2^23-2^24, 2^25-2^26 ns), so two tools timing them agree."""
+    for _ in range(n):
+        for s in (0.00035, 0.003, 0.010, 0.040):
+            time.sleep(s)
+    return {"n": 4 * n}
+
+
 def getppid(n):
     for _ in range(n):
         os.getppid()
@@ -200,6 +209,8 @@ def main():
         out = ticker(arg)
     elif action == "sleeps":
         out = sleeps(arg)
+    elif action == "sleep_mix":
+        out = sleep_mix(arg)
     elif action == "getppid":
         out = getppid(arg)
     else:

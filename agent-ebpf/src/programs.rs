@@ -94,6 +94,11 @@ static STARTS_HASH: HashMap<u32, SyscallStart> = HashMap::with_max_entries(1, 0)
 static SYSCALL_HIST: PerCpuArray<u64> =
     PerCpuArray::with_max_entries((MAX_SYSCALLS * HIST_BUCKETS) as u32, 0);
 
+/// 1 at the index of every syscall number counted so far: userspace reads the histograms
+/// (64 per-CPU slots each) of these only, not of all 512 numbers.
+#[map]
+static SYSCALL_SEEN: Array<u32> = Array::with_max_entries(MAX_SYSCALLS as u32, 0);
+
 /// Failed calls (return value < 0) per syscall number.
 #[map]
 static SYSCALL_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SYSCALLS as u32, 0);
@@ -172,6 +177,13 @@ static SYNACKS: LruHashMap<SynKey, Synack> = LruHashMap::with_max_entries(4096, 
 /// Listening sockets' owners keyed by local port.
 #[map]
 static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(4096, 0);
+
+/// Accepted connections whose listener's owner is unknown (it was listening before kspan
+/// started), keyed by socket address: the accept event, held until the first send or receive
+/// on the socket names the process that owns it (or until it closes). LRU: a connection
+/// never used and never closed ages out.
+#[map]
+static PENDING_ACCEPTS: LruHashMap<u64, TcpEvent> = LruHashMap::with_max_entries(8192, 0);
 
 /// Submit flags: no wake-up, unless the ring buffer holds WAKEUP_BYTES or more.
 #[inline(always)]
@@ -305,6 +317,12 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     let idx = (nr & (MAX_SYSCALLS as u32 - 1)) * HIST_BUCKETS as u32 + (bucket & 63);
     if let Some(p) = SYSCALL_HIST.get_ptr_mut(idx) {
         unsafe { *p += 1 };
+    }
+    // Written once per syscall number: after that a read of a shared, unchanging line.
+    if let Some(p) = SYSCALL_SEEN.get_ptr_mut(nr & (MAX_SYSCALLS as u32 - 1)) {
+        if unsafe { *p } == 0 {
+            unsafe { *p = 1 };
+        }
     }
     if ret < 0 {
         if let Some(p) = SYSCALL_ERRORS.get_ptr_mut(nr & (MAX_SYSCALLS as u32 - 1)) {
@@ -474,6 +492,70 @@ fn tcp_hist(which: u32, duration: u64) {
     }
 }
 
+/// The payload of a TCP event, reading ports and addresses from the `inet_sock_set_state`
+/// record.
+#[inline(always)]
+fn tcp_data(ctx: &TracePointContext, skaddr: u64, retransmits: u32, error: u32) -> TcpData {
+    let family: u16 = unsafe { ctx.read_at(28) }.unwrap_or(0);
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == 2 {
+        let s: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
+        let d: [u8; 4] = unsafe { ctx.read_at(36) }.unwrap_or([0; 4]);
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else {
+        saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
+        daddr = unsafe { ctx.read_at(56) }.unwrap_or([0; 16]);
+    }
+    TcpData {
+        skaddr,
+        family,
+        sport: unsafe { ctx.read_at(24) }.unwrap_or(0),
+        dport: unsafe { ctx.read_at(26) }.unwrap_or(0),
+        _pad: 0,
+        saddr,
+        daddr,
+        retransmits,
+        error,
+    }
+}
+
+#[inline(always)]
+fn tcp_header(
+    kind: EventKind,
+    owner: &Owner,
+    flags: u32,
+    start: u64,
+    duration: u64,
+) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        flags,
+        pid: (owner.pid_tgid >> 32) as u32,
+        tid: owner.pid_tgid as u32,
+        start_ns: start,
+        duration_ns: duration,
+        cgroup_id: owner.cgroup_id,
+        comm: owner.comm,
+    }
+}
+
+/// Puts a TCP event into the ring buffer (when TCP events are on).
+#[inline(always)]
+fn submit_tcp(ev: &TcpEvent) {
+    if setting_u32(&EMIT_TCP) == 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    entry.write(*ev);
+    entry.submit(submit_flags());
+    count(Counter::Submitted);
+}
+
 /// Emits a TCP event, reading ports and addresses from the `inet_sock_set_state` record.
 #[inline(always)]
 fn emit_tcp(
@@ -490,48 +572,23 @@ fn emit_tcp(
     if setting_u32(&EMIT_TCP) == 0 {
         return;
     }
-    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
-        count(Counter::RingbufFull);
-        return;
-    };
-    let family: u16 = unsafe { ctx.read_at(28) }.unwrap_or(0);
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == 2 {
-        let s: [u8; 4] = unsafe { ctx.read_at(32) }.unwrap_or([0; 4]);
-        let d: [u8; 4] = unsafe { ctx.read_at(36) }.unwrap_or([0; 4]);
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
-    } else {
-        saddr = unsafe { ctx.read_at(40) }.unwrap_or([0; 16]);
-        daddr = unsafe { ctx.read_at(56) }.unwrap_or([0; 16]);
-    }
-    entry.write(TcpEvent {
-        header: EventHeader {
-            kind: kind as u32,
-            flags,
-            pid: (owner.pid_tgid >> 32) as u32,
-            tid: owner.pid_tgid as u32,
-            start_ns: start,
-            duration_ns: duration,
-            cgroup_id: owner.cgroup_id,
-            comm: owner.comm,
-        },
-        data: TcpData {
-            skaddr,
-            family,
-            sport: unsafe { ctx.read_at(24) }.unwrap_or(0),
-            dport: unsafe { ctx.read_at(26) }.unwrap_or(0),
-            _pad: 0,
-            saddr,
-            daddr,
-            retransmits,
-            error,
-        },
+    submit_tcp(&TcpEvent {
+        header: tcp_header(kind, owner, flags, start, duration),
+        data: tcp_data(ctx, skaddr, retransmits, error),
     });
-    entry.submit(submit_flags());
-    count(Counter::Submitted);
 }
+
+/// Any of the process filters (pid, comm, cgroup) in force.
+#[inline(always)]
+fn process_filters_on() -> bool {
+    setting_u32(&FILTER_FLAGS) & (FILTER_PID | FILTER_COMM | FILTER_CGROUP) != 0
+}
+
+const NO_OWNER: Owner = Owner {
+    pid_tgid: 0,
+    cgroup_id: 0,
+    comm: [0; COMM_LEN],
+};
 
 /// `sock:inet_sock_set_state`: skaddr at 8, oldstate at 16, newstate at 20, sport at 24,
 /// dport at 26, family at 28, protocol at 30, saddr at 32, daddr at 36, saddr_v6 at 40,
@@ -630,43 +687,50 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 error,
             );
         }
-        // Passive open completed: the child socket of a listener.
+        // Passive open completed: the child socket of a listener. Softirq: the current task
+        // is not the owner. A listener seen in listen() names it; otherwise (a server started
+        // before kspan) the accept waits in PENDING_ACCEPTS for the first send or receive on
+        // the socket, which runs in the owning process.
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
             let sport: u16 = unsafe { ctx.read_at(24) }?;
-            let (owner, flags) = match unsafe { LISTENERS.get(&sport) } {
-                Some(o) => (*o, TCP_FLAG_PASSIVE),
-                None => {
-                    // Filters in force and the listener unknown: not ours to report, now
-                    // or at close.
-                    if setting_u32(&FILTER_FLAGS) & (FILTER_PID | FILTER_COMM | FILTER_CGROUP) != 0
-                    {
-                        let _ = SYNACKS.remove(&syn_key(ctx, 56)?);
-                        return Ok(());
-                    }
-                    (
-                        Owner {
-                            pid_tgid: 0,
-                            cgroup_id: 0,
-                            comm: [0; COMM_LEN],
-                        },
-                        TCP_FLAG_PASSIVE | TCP_FLAG_PID_UNKNOWN,
-                    )
-                }
-            };
+            let listener = unsafe { LISTENERS.get(&sport) }.copied();
             let (start, retransmits, handshake_flags) = handshake_start(ctx, skaddr, now);
             let duration = now - start;
-            tcp_hist(TCP_HIST_ACCEPT, duration);
-            emit_tcp(
-                ctx,
-                EventKind::TcpAccept,
-                &owner,
-                flags | handshake_flags,
-                start,
-                duration,
-                skaddr,
-                retransmits,
-                0,
-            );
+            let (owner, flags) = match listener {
+                Some(o) => {
+                    tcp_hist(TCP_HIST_ACCEPT, duration);
+                    emit_tcp(
+                        ctx,
+                        EventKind::TcpAccept,
+                        &o,
+                        TCP_FLAG_PASSIVE | handshake_flags,
+                        start,
+                        duration,
+                        skaddr,
+                        retransmits,
+                        0,
+                    );
+                    (o, TCP_FLAG_PASSIVE)
+                }
+                None => {
+                    let flags = TCP_FLAG_PASSIVE | TCP_FLAG_PID_UNKNOWN;
+                    let ev = TcpEvent {
+                        header: tcp_header(
+                            EventKind::TcpAccept,
+                            &NO_OWNER,
+                            flags | handshake_flags,
+                            start,
+                            duration,
+                        ),
+                        data: tcp_data(ctx, skaddr, retransmits, 0),
+                    };
+                    if PENDING_ACCEPTS.insert(&skaddr, &ev, 0).is_err() {
+                        count(Counter::TcpTableFull);
+                        return Ok(());
+                    }
+                    (NO_OWNER, flags)
+                }
+            };
             let conn = Conn {
                 owner,
                 ts: now,
@@ -682,6 +746,16 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 return Ok(());
             };
             let _ = CONNS.remove(&skaddr);
+            if let Some(ev) = unsafe { PENDING_ACCEPTS.get(&skaddr) }.copied() {
+                // Closed before its owner sent or received anything: the owner stays unknown.
+                // With process filters on it is not known to be ours: nothing is reported.
+                let _ = PENDING_ACCEPTS.remove(&skaddr);
+                if process_filters_on() {
+                    return Ok(());
+                }
+                tcp_hist(TCP_HIST_ACCEPT, ev.header.duration_ns);
+                submit_tcp(&ev);
+            }
             emit_tcp(
                 ctx,
                 EventKind::TcpClose,
@@ -797,5 +871,54 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
             unsafe { (*c).flags |= CONN_RST };
         }
     }
+    0
+}
+
+/// `sock:sock_send_length` and `sock:sock_recv_length`: sk at 8, family at 16, protocol at
+/// 18, ret at 20. They run in the process that sends or receives, so the first one on an
+/// accepted socket whose owner is unknown names the owner and releases its accept event.
+#[inline(always)]
+fn on_sock_io(ctx: &TracePointContext) -> Result<(), i64> {
+    let protocol: u16 = unsafe { ctx.read_at(18) }?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let sk: u64 = unsafe { ctx.read_at(8) }?;
+    let Some(mut ev) = (unsafe { PENDING_ACCEPTS.get(&sk) }).copied() else {
+        return Ok(());
+    };
+    let _ = PENDING_ACCEPTS.remove(&sk);
+    let Some(owner) = current_owner() else {
+        // Filtered out (or kspan itself): not ours to report, now or at close.
+        let _ = CONNS.remove(&sk);
+        return Ok(());
+    };
+    ev.header.flags &= !TCP_FLAG_PID_UNKNOWN;
+    ev.header.pid = (owner.pid_tgid >> 32) as u32;
+    ev.header.tid = owner.pid_tgid as u32;
+    ev.header.cgroup_id = owner.cgroup_id;
+    ev.header.comm = owner.comm;
+    tcp_hist(TCP_HIST_ACCEPT, ev.header.duration_ns);
+    submit_tcp(&ev);
+    if let Some(c) = CONNS.get_ptr_mut(&sk) {
+        unsafe {
+            (*c).owner = owner;
+            (*c).flags &= !TCP_FLAG_PID_UNKNOWN;
+        }
+    }
+    Ok(())
+}
+
+/// `sock:sock_send_length`; see `on_sock_io`.
+#[tracepoint(category = "sock", name = "sock_send_length")]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    let _ = on_sock_io(&ctx);
+    0
+}
+
+/// `sock:sock_recv_length`; see `on_sock_io`.
+#[tracepoint(category = "sock", name = "sock_recv_length")]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    let _ = on_sock_io(&ctx);
     0
 }

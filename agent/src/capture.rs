@@ -225,6 +225,7 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     syscall_hist: PerCpuArray<MapData, u64>,
     syscall_errors: PerCpuArray<MapData, u64>,
+    syscall_seen: Array<MapData, u32>,
     runtime: Array<MapData, u64>,
     tcp_hist: PerCpuArray<MapData, u64>,
     proc_hist: PerCpuHashMap<MapData, ProcHistKey, u64>,
@@ -359,12 +360,16 @@ impl Capture {
                 "tcp",
                 "tcp_retransmit_synack",
             )?;
+            // The owner of an accepted connection whose listener kspan did not see listen.
+            attach_tp(&mut ebpf, "sock_send_length", "sock", "sock_send_length")?;
+            attach_tp(&mut ebpf, "sock_recv_length", "sock", "sock_recv_length")?;
         }
 
         let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
         let counters = take_map(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
         let syscall_hist = take_map(&mut ebpf, "SYSCALL_HIST", PerCpuArray::try_from)?;
         let syscall_errors = take_map(&mut ebpf, "SYSCALL_ERRORS", PerCpuArray::try_from)?;
+        let syscall_seen = take_map(&mut ebpf, "SYSCALL_SEEN", Array::try_from)?;
         let runtime = take_map(&mut ebpf, "RUNTIME", Array::try_from)?;
         let tcp_hist = take_map(&mut ebpf, "TCP_HIST", PerCpuArray::try_from)?;
         let proc_hist = take_map(&mut ebpf, "PROC_HIST_MAP", PerCpuHashMap::try_from)?;
@@ -374,6 +379,7 @@ impl Capture {
             counters,
             syscall_hist,
             syscall_errors,
+            syscall_seen,
             runtime,
             tcp_hist,
             proc_hist,
@@ -504,7 +510,7 @@ impl Capture {
     pub fn syscall_histograms(&self) -> Result<Vec<(u32, [u64; HIST_BUCKETS])>, CaptureError> {
         let hist = &self.syscall_hist;
         let mut out = Vec::new();
-        for nr in 0..MAX_SYSCALLS as u32 {
+        for nr in self.seen_syscalls()? {
             let mut buckets = [0u64; HIST_BUCKETS];
             let mut any = false;
             for (b, slot) in buckets.iter_mut().enumerate() {
@@ -535,14 +541,32 @@ impl Capture {
 
     /// Failed calls per syscall number (index = nr).
     pub fn syscall_errors(&self) -> Result<Vec<u64>, CaptureError> {
-        (0..MAX_SYSCALLS as u32)
-            .map(|nr| {
-                self.syscall_errors
-                    .get(&nr, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(|e| classify("reading SYSCALL_ERRORS", e))
-            })
-            .collect()
+        let mut out = vec![0; MAX_SYSCALLS];
+        for nr in self.seen_syscalls()? {
+            out[nr as usize] = self
+                .syscall_errors
+                .get(&nr, 0)
+                .map(|v| v.iter().sum())
+                .map_err(|e| classify("reading SYSCALL_ERRORS", e))?;
+        }
+        Ok(out)
+    }
+
+    /// Syscall numbers counted at least once. A refresh reads their 64 buckets only: reading
+    /// all 512 numbers' (32,768 per-CPU slots, one bpf() call each) took ~50 ms per refresh,
+    /// and far longer on a busy host.
+    fn seen_syscalls(&self) -> Result<Vec<u32>, CaptureError> {
+        let mut out = Vec::new();
+        for nr in 0..MAX_SYSCALLS as u32 {
+            let seen = self
+                .syscall_seen
+                .get(&nr, 0)
+                .map_err(|e| classify("reading SYSCALL_SEEN", e))?;
+            if seen != 0 {
+                out.push(nr);
+            }
+        }
+        Ok(out)
     }
 
     /// TCP connect (index 0) and accept (index 1) latency histograms.

@@ -146,6 +146,8 @@ pub fn run_checks() -> Report {
         "tcp/tcp_retransmit_skb",
         "tcp/tcp_receive_reset",
         "tcp/tcp_retransmit_synack",
+        "sock/sock_send_length",
+        "sock/sock_recv_length",
     ] {
         let ok = Path::new("/sys/kernel/tracing/events").join(tp).exists();
         items.push(Item {
@@ -178,7 +180,7 @@ pub fn run_checks() -> Report {
                     },
                     crate::capture::pid_max()
                 ));
-                will_use.push("tracepoints sock/inet_sock_set_state, tcp/tcp_retransmit_skb, tcp/tcp_receive_reset, tcp/tcp_retransmit_synack for TCP".into());
+                will_use.push("tracepoints sock/inet_sock_set_state, tcp/tcp_retransmit_skb, tcp/tcp_receive_reset, tcp/tcp_retransmit_synack for TCP; sock/sock_send_length, sock/sock_recv_length for the owner of connections accepted on listeners older than kspan".into());
                 will_use.push("one BPF ring buffer, drained on a 10 ms timer".into());
                 Item {
                     name: "load and attach".into(),

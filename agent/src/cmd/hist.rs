@@ -208,9 +208,11 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
     eprintln!("kspan: measuring (histograms in the kernel); stop with Ctrl-C");
     loop {
         let t0 = Instant::now();
+        let mut stopping = false;
         while t0.elapsed() < o.interval {
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return Ok(());
+                stopping = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20).min(o.interval));
         }
@@ -225,7 +227,9 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
             .and_then(|_| out.flush())
             .map_err(HistError::Output)?;
         n += 1;
-        if o.count.is_some_and(|c| n >= c) {
+        // A stop ends with what happened up to it: the last document is never stale (a
+        // refresh that fell behind on a busy host used to leave the last counts out).
+        if stopping || o.count.is_some_and(|c| n >= c) {
             return Ok(());
         }
     }
