@@ -603,6 +603,69 @@ fn collector_outage() {
     assert!(max_rss_kib < 64 * 1024, "RSS {max_rss_kib} KiB");
 }
 
+/// The collector away for 8 s while ~1,600 spans are made, a few per chunk: fewer than the
+/// default queue (16,384 spans), so nothing is dropped and everything arrives once it is
+/// back. (The queue used to be bounded in chunks: 32 chunks of a few spans each filled it and
+/// ~400 spans were dropped at 1 % of the bound.)
+#[test]
+fn outage_shorter_than_the_queue_loses_nothing() {
+    require_root();
+    let rx = Receiver::start(0, 0);
+    let (grpc_port, http_port) = (rx.grpc_port, rx.http_port);
+    let trigger = Trigger::spawn("ticker", Some(12));
+    let pid = trigger.pid().to_string();
+    let run = Run::start(&[
+        "--pid",
+        &pid,
+        "--endpoint",
+        &format!("http://127.0.0.1:{grpc_port}"),
+        "--protocol",
+        "grpc",
+        "--export-timeout",
+        "1s",
+        "--batch-timeout",
+        "100ms",
+        "--metrics-addr",
+        "",
+    ]);
+    let ticker = std::thread::spawn(move || trigger.go());
+    std::thread::sleep(Duration::from_secs(2));
+    let before = rx.spans();
+    drop(rx);
+    std::thread::sleep(Duration::from_secs(8));
+    let rx2 = Receiver::start(grpc_port, http_port);
+    let ticks = ticker.join().unwrap()["n"].as_u64().unwrap();
+    rx2.wait_for("every tick's span", |s| {
+        (before.len() + s.len()) as u64 >= ticks
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (summary, _) = run.stop();
+    let ids: HashSet<String> = before
+        .iter()
+        .chain(rx2.spans().iter())
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    eprintln!(
+        "short outage: ticks {ticks}, received {}: {summary}",
+        ids.len()
+    );
+    assert_eq!(summary["dropped"]["queue_full"], 0, "{summary}");
+    assert_eq!(summary["dropped"]["export_failed"], 0, "{summary}");
+    assert_eq!(
+        summary["spans_built"], summary["spans_exported"],
+        "{summary}"
+    );
+    assert_eq!(
+        ids.len() as u64,
+        summary["spans_exported"].as_u64().unwrap()
+    );
+    assert!(
+        ids.len() as u64 >= ticks,
+        "{} spans for {ticks} ticks",
+        ids.len()
+    );
+}
+
 /// Nobody listens at the endpoint: kspan keeps running, retries, then counts the spans as
 /// failed exports; exits cleanly.
 #[test]
@@ -637,10 +700,17 @@ fn unreachable_endpoint_is_counted_not_fatal() {
 }
 
 fn run_fails(args: &[&str], config: Option<&str>) -> String {
+    run_fails_env(args, config, &[])
+}
+
+fn run_fails_env(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> String {
     let dir = std::env::temp_dir().join(format!("kspan-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = Command::new(KSPAN);
-    cmd.arg("run").args(args).args(["--duration", "1s"]);
+    cmd.arg("run")
+        .args(args)
+        .args(["--duration", "1s"])
+        .envs(env.iter().copied());
     if let Some(text) = config {
         let f = dir.join("kspan.yaml");
         std::fs::write(&f, text).unwrap();
@@ -673,6 +743,116 @@ fn bad_input_is_a_clear_error() {
     assert!(e.contains("metrics address \"nowhere\""), "{e}");
     let e = run_fails(&["--syscalls", "reed"], None);
     assert!(e.contains("unknown syscall \"reed\""), "{e}");
+    // A pid that names nothing would trace nothing, silently.
+    let e = run_fails(&["--pid", "999999"], None);
+    assert!(e.contains("--pid 999999: no such process"), "{e}");
+    let e = run_fails(&["--pid", "0"], None);
+    assert!(e.contains("--pid 0: 0 is not a process id"), "{e}");
+    for cmd in ["events", "hist", "top"] {
+        let out = Command::new(KSPAN)
+            .args([cmd, "--pid", "999999"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cmd}: {e}");
+        assert!(e.contains("--pid 999999: no such process"), "{cmd}: {e}");
+    }
+    // Bad standard variables are refused, naming the variable.
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1");
+    let e = run_fails_env(
+        &[],
+        None,
+        &[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "abc")],
+    );
+    assert!(
+        e.contains("OTEL_EXPORTER_OTLP_TIMEOUT is \"abc\"; use a whole number of milliseconds"),
+        "{e}"
+    );
+    let e = run_fails_env(
+        &[],
+        None,
+        &[endpoint, ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")],
+    );
+    assert!(
+        e.contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION is \"zstd\"; use gzip or none"),
+        "{e}"
+    );
+    // A bad sampling condition shows the token as written.
+    let e = run_fails(
+        &[],
+        Some("sampling:\n  rules:\n    rules:\n      - name: a\n        sampling_percentage: 5\n        conditions: ['duration >> 5']\n"),
+    );
+    assert!(e.contains("found \">\""), "{e}");
+}
+
+/// The start line and `--print-config` say where spans go: the endpoint in use and the
+/// variable it came from, not `endpoint: null`.
+#[test]
+fn where_spans_go_is_said() {
+    let print = |env: &[(&str, &str)]| -> String {
+        let out = Command::new(KSPAN)
+            .args(["run", "--print-config"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let c = print(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]);
+    assert!(
+        c.contains("endpoint: http://collector:4318/v1/traces"),
+        "{c}"
+    );
+    assert!(c.contains("protocol: http/protobuf"), "{c}");
+    assert!(c.contains("kind: otlp"), "{c}");
+    let c = print(&[
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4317",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+    ]);
+    assert!(c.contains("endpoint: http://collector:4317\n"), "{c}");
+    assert!(
+        c.contains("protocol: grpc") && c.contains("timeout: 2s 500ms"),
+        "{c}"
+    );
+    let c = print(&[]);
+    assert!(c.contains("kind: stdout"), "{c}");
+    // Printed back, the config means the same.
+    let dir = std::env::temp_dir().join(format!("kspan-where-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("k.yaml");
+    std::fs::write(
+        &f,
+        print(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]),
+    )
+    .unwrap();
+    let again = Command::new(KSPAN)
+        .args(["run", "--print-config", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout)
+        .contains("endpoint: http://collector:4318/v1/traces"));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let run = Run::start_env(
+        &["--no-syscalls", "--no-tcp", "--metrics-addr", ""],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")],
+    );
+    let started = run.stderr.lock().unwrap().join("");
+    assert!(
+        started.contains(
+            "spans to OTLP HTTP/protobuf to http://127.0.0.1:1/v1/traces (from OTEL_EXPORTER_OTLP_ENDPOINT)"
+        ),
+        "{started}"
+    );
+    drop(run);
 }
 
 /// A sampling config: errors kept by rule, the rest at 50 %; kept spans carry `ot=th:...`
@@ -1058,4 +1238,188 @@ fn overhead_governor_engages_under_a_flood() {
     );
     // Every syscall is still measured in the kernel histograms.
     assert!(summary["kernel"]["syscalls_measured"].as_u64().unwrap() > 1_000_000);
+}
+
+/// nginx in the foreground with a master and two workers, on `port`.
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(port: u16) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("kspan-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
+                 events {{ worker_connections 64; }}\n\
+                 http {{ access_log off; server {{ listen 127.0.0.1:{port}; \
+                 location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(&dir)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (KSPAN_SETUP_TEST=1 scripts/setup installs it)");
+        let n = Nginx { child, dir };
+        wait_listening(port);
+        n
+    }
+
+    /// The master and its workers.
+    fn pids(&self) -> HashSet<i64> {
+        let master = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        let mut pids: HashSet<i64> = children
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "two nginx workers");
+        pids.insert(i64::from(master));
+        pids
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers too (SIGKILL would orphan them).
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_listening(port: u16) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `n` requests on `n` connections; each answer must be a 200.
+fn get_n(port: u16, n: usize) {
+    for _ in 0..n {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(
+            body.starts_with("HTTP/1.") && body[9..12] == *"200",
+            "{body}"
+        );
+    }
+}
+
+/// Servers listening before kspan starts (kspan never saw their listen()): every `tcp accept`
+/// and server-side `tcp connection` span names the process that owns the socket, with the
+/// in-kernel comm filter off and on. They used to carry pid 0 and `unknown_service`, and the
+/// comm filter dropped them all.
+#[test]
+fn servers_started_before_kspan_own_their_accepts() {
+    require_root();
+    let (ngx_port, py_port) = (free_port(), free_port());
+    let nginx = Nginx::start(ngx_port);
+    let ngx_pids = nginx.pids();
+    let mut py = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(py_port.to_string())
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(py_port);
+    let py_pid = i64::from(py.id());
+    const N: usize = 20;
+    for filter in [None, Some("nginx,python3")] {
+        let rx = Receiver::start(0, 0);
+        let endpoint = format!("http://127.0.0.1:{}", rx.grpc_port);
+        let mut args = vec![
+            "--no-syscalls",
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            "grpc",
+            "--batch-timeout",
+            "100ms",
+            "--metrics-addr",
+            "",
+        ];
+        if let Some(f) = filter {
+            args.extend(["--comm", f]);
+        }
+        let run = Run::start(&args);
+        get_n(ngx_port, N);
+        get_n(py_port, N);
+        let server_spans = |s: &[Value], port: u16| -> Vec<Value> {
+            s.iter()
+                .filter(|v| {
+                    (v["name"] == "tcp accept" && v["attributes"]["server.port"] == port)
+                        || (v["name"] == "tcp connection"
+                            && v["attributes"]["network.local.port"] == port)
+                })
+                .cloned()
+                .collect()
+        };
+        let spans = rx.wait_for("the servers' accept and connection spans", |s| {
+            server_spans(s, ngx_port).len() == 2 * N && server_spans(s, py_port).len() == 2 * N
+        });
+        run.stop();
+        for (port, pids, service) in [
+            (ngx_port, ngx_pids.clone(), "nginx"),
+            (py_port, HashSet::from([py_pid]), "python3"),
+        ] {
+            let ss = server_spans(&spans, port);
+            assert_eq!(
+                ss.iter().filter(|v| v["name"] == "tcp accept").count(),
+                N,
+                "{filter:?}"
+            );
+            for s in &ss {
+                let res = &s["resource"];
+                let pid = res["process.pid"].as_i64().unwrap_or(0);
+                assert!(
+                    pids.contains(&pid),
+                    "{filter:?}: pid {pid} not {pids:?}: {s}"
+                );
+                assert!(
+                    res["service.name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(service)),
+                    "{filter:?}: {s}"
+                );
+                assert!(res["process.executable.path"].as_str().is_some(), "{s}");
+                assert!(s["attributes"].get("kspan.pid_known").is_none(), "{s}");
+                assert!(s["attributes"]["thread.id"].as_i64().is_some(), "{s}");
+            }
+            // The connection spans are children of their accepts.
+            let accepts: HashSet<&Value> = ss
+                .iter()
+                .filter(|v| v["name"] == "tcp accept")
+                .map(|v| &v["span_id"])
+                .collect();
+            for c in ss.iter().filter(|v| v["name"] == "tcp connection") {
+                assert!(accepts.contains(&c["parent_span_id"]), "{c}");
+            }
+        }
+    }
+    let _ = py.kill();
+    let _ = py.wait();
 }

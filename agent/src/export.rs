@@ -2,9 +2,10 @@
 //! process resource in it) through a [`SpanSink`], and keeps failed batches for retry while
 //! the collector is away.
 //!
-//! Queue policy: at most `pipeline.queue_spans` spans wait here (retry batch included). When
-//! the queue is full the stage stops reading its input channel; the span builder then finds
-//! the channel full and drops the newest spans, counted as `queue_full`. Batches that still
+//! Queue policy: at most `pipeline.queue_spans` spans wait between the span builder and the
+//! collector (the channel, the batch queue and the retry batch together; see `queue`). When
+//! the queue is full the span builder drops the newest spans, counted as `queue_full`.
+//! Batches that still
 //! fail after `pipeline.retry_max_elapsed` (or at the shutdown deadline) are counted as
 //! `export_failed`. Nothing is dropped without being counted.
 use std::{
@@ -26,11 +27,12 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter as _},
     Resource,
 };
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     config::{Compression, ExporterKind, ExporterSection, PipelineSection, Protocol, TlsSection},
     metrics::{DropReason, Stats},
+    queue::QueueRx,
     spans::Built,
 };
 
@@ -48,6 +50,12 @@ pub enum ExportError {
     EnvProtocol(String),
     #[error("exporter.tls: {0}")]
     Tls(String),
+    #[error("{var} is {value:?}; use {expected} (or unset it)")]
+    EnvValue {
+        var: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// TLS material, read and checked at start so that a bad file is an error now, not a failed
@@ -133,6 +141,8 @@ pub struct SinkDescription {
     pub kind: ExporterKind,
     pub protocol: Option<Protocol>,
     pub endpoint: Option<String>,
+    /// The setting or variable the endpoint came from.
+    pub endpoint_from: Option<String>,
 }
 
 impl std::fmt::Display for SinkDescription {
@@ -142,15 +152,17 @@ impl std::fmt::Display for SinkDescription {
             ExporterKind::None => write!(f, "none (spans are built and counted, not sent)"),
             ExporterKind::Otlp => write!(
                 f,
-                "OTLP {} to {}",
+                "OTLP {} to {}{}",
                 match self.protocol {
                     Some(Protocol::Grpc) => "gRPC",
                     Some(Protocol::HttpJson) => "HTTP/JSON",
                     _ => "HTTP/protobuf",
                 },
-                self.endpoint
+                self.endpoint.as_deref().unwrap_or("?"),
+                self.endpoint_from
                     .as_deref()
-                    .unwrap_or("(from OTEL_EXPORTER_OTLP_* variables)")
+                    .map(|f| format!(" (from {f})"))
+                    .unwrap_or_default()
             ),
         }
     }
@@ -163,8 +175,104 @@ fn env_nonempty(name: &str) -> Option<String> {
 /// A standard exporter variable: `OTEL_EXPORTER_OTLP_TRACES_<setting>`, else
 /// `OTEL_EXPORTER_OTLP_<setting>` (the signal-specific one wins), if set and not empty.
 fn otlp_env(setting: &str) -> Option<String> {
-    env_nonempty(&format!("OTEL_EXPORTER_OTLP_TRACES_{setting}"))
-        .or_else(|| env_nonempty(&format!("OTEL_EXPORTER_OTLP_{setting}")))
+    otlp_env_var(setting).map(|(_, v)| v)
+}
+
+/// Like [`otlp_env`], with the name of the variable the value came from.
+fn otlp_env_var(setting: &str) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{setting}"),
+        format!("OTEL_EXPORTER_OTLP_{setting}"),
+    ]
+    .into_iter()
+    .find_map(|name| env_nonempty(&name).map(|v| (name, v)))
+}
+
+/// Checks the standard variables that stand in for unset settings, so that a bad value stops
+/// kspan now, naming the variable, rather than being ignored by the exporter.
+fn check_env(cfg: &ExporterSection) -> Result<(), ExportError> {
+    if cfg.timeout.is_none() {
+        if let Some((var, value)) = otlp_env_var("TIMEOUT") {
+            if value.trim().parse::<u64>().is_err() {
+                return Err(ExportError::EnvValue {
+                    var,
+                    value,
+                    expected: "a whole number of milliseconds, e.g. 10000",
+                });
+            }
+        }
+    }
+    if cfg.compression.is_none() {
+        if let Some((var, value)) = otlp_env_var("COMPRESSION") {
+            if !matches!(value.trim(), "gzip" | "none") {
+                return Err(ExportError::EnvValue {
+                    var,
+                    value,
+                    expected: "gzip or none",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The URL spans are sent to and where it came from (`--endpoint`/`exporter.endpoint`, a
+/// standard variable, or the OTLP default), resolved here so that what kspan says is what it
+/// uses. HTTP: a configured base URL gets `/v1/traces` when it has no path;
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` always gets it appended and `..._TRACES_ENDPOINT` is used
+/// as it is (the OTLP exporter specification's rules).
+pub fn resolve_endpoint(cfg: &ExporterSection, protocol: Protocol) -> (String, String) {
+    let http = protocol != Protocol::Grpc;
+    if let Some(e) = &cfg.endpoint {
+        let url = if http { http_traces_url(e) } else { e.clone() };
+        return (url, "exporter.endpoint".into());
+    }
+    match otlp_env_var("ENDPOINT") {
+        Some((var, v)) => {
+            let v = v.trim().to_string();
+            let url = if http && !var.contains("_TRACES_") {
+                format!("{}/v1/traces", v.trim_end_matches('/'))
+            } else {
+                v
+            };
+            (url, var)
+        }
+        None if http => (
+            "http://localhost:4318/v1/traces".into(),
+            "the OTLP default".into(),
+        ),
+        None => ("http://localhost:4317".into(), "the OTLP default".into()),
+    }
+}
+
+/// The exporter settings in force: unset ones filled from the standard variables and the
+/// OTLP defaults, as `SpanSink::build` resolves them (for `--print-config`). Headers from
+/// the environment are left out: they often hold credentials.
+pub fn effective_exporter(cfg: &ExporterSection) -> Result<ExporterSection, ExportError> {
+    let mut e = cfg.clone();
+    let kind = cfg.kind.unwrap_or_else(|| default_kind(cfg));
+    e.kind = Some(kind);
+    if kind != ExporterKind::Otlp {
+        return Ok(e);
+    }
+    check_env(cfg)?;
+    let protocol = resolve_protocol(cfg)?;
+    e.protocol = Some(protocol);
+    e.endpoint = Some(resolve_endpoint(cfg, protocol).0);
+    if e.timeout.is_none() {
+        e.timeout = Some(
+            otlp_env("TIMEOUT")
+                .and_then(|ms| ms.trim().parse().ok())
+                .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis),
+        );
+    }
+    if e.compression.is_none() {
+        e.compression = Some(match otlp_env("COMPRESSION").as_deref().map(str::trim) {
+            Some("gzip") => Compression::Gzip,
+            _ => Compression::None,
+        });
+    }
+    Ok(e)
 }
 
 /// The exporter kind when none is configured: OTLP when an endpoint is set (config or the
@@ -254,6 +362,7 @@ impl SpanSink {
                     kind,
                     protocol: None,
                     endpoint: None,
+                    endpoint_from: None,
                 },
             )),
             ExporterKind::None => Ok((
@@ -262,10 +371,13 @@ impl SpanSink {
                     kind,
                     protocol: None,
                     endpoint: None,
+                    endpoint_from: None,
                 },
             )),
             ExporterKind::Otlp => {
+                check_env(cfg)?;
                 let protocol = resolve_protocol(cfg)?;
+                let (endpoint, endpoint_from) = resolve_endpoint(cfg, protocol);
                 let compression = cfg.compression.and_then(|c| match c {
                     Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
                     Compression::None => None,
@@ -288,9 +400,7 @@ impl SpanSink {
                             }
                             b = b.with_tls_config(t);
                         }
-                        if let Some(e) = &cfg.endpoint {
-                            b = b.with_endpoint(e.clone());
-                        }
+                        b = b.with_endpoint(endpoint.clone());
                         if let Some(t) = cfg.timeout {
                             b = b.with_timeout(t);
                         }
@@ -326,9 +436,7 @@ impl SpanSink {
                             } else {
                                 opentelemetry_otlp::Protocol::HttpBinary
                             });
-                        if let Some(e) = &cfg.endpoint {
-                            b = b.with_endpoint(http_traces_url(e));
-                        }
+                        b = b.with_endpoint(endpoint.clone());
                         if let Some(t) = cfg.timeout {
                             b = b.with_timeout(t);
                         }
@@ -350,7 +458,8 @@ impl SpanSink {
                     SinkDescription {
                         kind,
                         protocol: Some(protocol),
-                        endpoint: cfg.endpoint.clone(),
+                        endpoint: Some(endpoint),
+                        endpoint_from: Some(endpoint_from),
                     },
                 ))
             }
@@ -404,7 +513,7 @@ struct Retry {
 /// The export stage.
 pub struct ExportStage {
     sink: SpanSink,
-    rx: mpsc::Receiver<Vec<Built>>,
+    rx: QueueRx<Built>,
     cfg: PipelineSection,
     stats: Arc<Stats>,
     queue: VecDeque<Built>,
@@ -415,7 +524,7 @@ pub struct ExportStage {
 impl ExportStage {
     pub fn new(
         sink: SpanSink,
-        rx: mpsc::Receiver<Vec<Built>>,
+        rx: QueueRx<Built>,
         cfg: PipelineSection,
         stats: Arc<Stats>,
     ) -> ExportStage {
@@ -430,35 +539,28 @@ impl ExportStage {
         }
     }
 
+    /// Spans in this stage (batch queue and retry batch), not counting the channel.
     fn held(&self) -> usize {
         self.queue.len() + self.retry.as_ref().map_or(0, |r| r.spans.len())
     }
 
-    /// Runs until the input channel closes, then flushes within `shutdown_timeout`.
+    /// Runs until the input channel closes, then flushes within `shutdown_timeout`. The
+    /// channel is always read: the queue's bound is enforced by the sender (in spans).
     pub async fn run(mut self) {
         let mut next_flush = Instant::now() + self.cfg.batch_timeout;
         loop {
-            let room = self.held() < self.cfg.queue_spans;
             let wake = match &self.retry {
                 Some(r) => r.next_at,
                 None => next_flush,
             };
             tokio::select! {
-                chunk = self.rx.recv(), if room => match chunk {
-                    Some(c) => {
-                        self.queue.extend(c);
-                        // A chunk may overshoot the bound: the newest spans go, counted.
-                        let over = self.held().saturating_sub(self.cfg.queue_spans);
-                        if over > 0 {
-                            self.queue.truncate(self.queue.len() - over);
-                            self.stats.dropped(DropReason::QueueFull, over as u64);
-                        }
-                    }
+                chunk = self.rx.recv() => match chunk {
+                    Some(c) => self.queue.extend(c),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(wake) => {}
             }
-            self.stats.set_queue(self.held());
+            self.stats.set_queue(self.rx.held());
             let now = Instant::now();
             if self.retry.as_ref().is_some_and(|r| r.next_at <= now) {
                 if let Some(r) = self.retry.take() {
@@ -509,6 +611,7 @@ impl ExportStage {
                 "shutdown deadline reached: {left} spans not exported (counted as export_failed)"
             );
             self.stats.dropped(DropReason::ExportFailed, left);
+            self.rx.release(left as usize);
             self.queue.clear();
             self.retry = None;
         }
@@ -550,6 +653,7 @@ impl ExportStage {
             match result {
                 Ok(()) => {
                     self.stats.add_exported(n, secs);
+                    self.rx.release(n as usize);
                     if let Some(e) = self.last_error.take() {
                         log::warn!("export works again (last error: {e})");
                     }
@@ -581,6 +685,7 @@ impl ExportStage {
             );
             self.stats
                 .dropped(DropReason::ExportFailed, failed.len() as u64);
+            self.rx.release(failed.len());
             return;
         }
         self.retry = Some(Retry {

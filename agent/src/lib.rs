@@ -19,6 +19,7 @@ pub mod k8s;
 pub mod metrics;
 pub mod names;
 pub mod procinfo;
+pub mod queue;
 pub mod sampling;
 pub mod source;
 pub mod spans;

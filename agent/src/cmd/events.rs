@@ -58,6 +58,8 @@ pub enum EventsError {
     Capture(#[from] CaptureError),
     #[error("unknown syscall {0:?} (names as in `man 2 syscalls`, e.g. openat)")]
     UnknownSyscall(String),
+    #[error("--pid {pid}: {why}")]
+    BadPid { pid: u32, why: String },
     #[error("writing events: {0}")]
     Output(#[source] std::io::Error),
     #[error("setting up signal handling: {0}")]
@@ -109,6 +111,9 @@ pub fn capture_config(filter: &FilterArgs) -> Result<CaptureConfig, EventsError>
             .ok_or_else(|| EventsError::UnknownSyscall(name.clone()))?;
         syscalls.push(nr);
     }
+    for &pid in &filter.pid {
+        check_pid(pid)?;
+    }
     let cgroup_id = filter
         .cgroup
         .as_deref()
@@ -121,6 +126,27 @@ pub fn capture_config(filter: &FilterArgs) -> Result<CaptureConfig, EventsError>
         syscalls,
         ..Default::default()
     })
+}
+
+/// A pid filter must name a running process (a thread group leader: the kernel filter
+/// compares process ids), or nothing would ever be traced and nobody would know why.
+fn check_pid(pid: u32) -> Result<(), EventsError> {
+    let bad = |why: String| EventsError::BadPid { pid, why };
+    if pid == 0 {
+        return Err(bad("0 is not a process id".into()));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| bad("no such process (is it running? see `ps -p PID`)".into()))?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match tgid {
+        Some(t) if t != pid => Err(bad(format!(
+            "is a thread of process {t}; filter on the process: --pid {t}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {

@@ -291,8 +291,10 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
 
     let config = effective_config(&args)?;
     if args.print_config {
+        let mut shown = config.clone();
+        shown.exporter = crate::export::effective_exporter(&config.exporter)?;
         let text =
-            serde_norway::to_string(&config).map_err(|e| RunError::PrintConfig(e.to_string()))?;
+            serde_norway::to_string(&shown).map_err(|e| RunError::PrintConfig(e.to_string()))?;
         print!("{text}");
         return Ok(None);
     }
@@ -346,8 +348,7 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
     let mut ready =
         RingReady::new(&capture, config.capture.drain_interval).map_err(RunError::RingPoll)?;
 
-    let queue_chunks = (config.pipeline.queue_spans / MAX_CHUNK).max(4);
-    let (span_tx, span_rx) = mpsc::channel::<Vec<Built>>(queue_chunks);
+    let (span_tx, span_rx) = crate::queue::bounded::<Built>(config.pipeline.queue_spans);
     let (event_tx, event_rx) = mpsc::channel::<Vec<RawEvent>>(EVENT_QUEUE_CHUNKS);
     let exporter =
         tokio::spawn(ExportStage::new(sink, span_rx, config.pipeline.clone(), stats.clone()).run());
@@ -497,7 +498,7 @@ async fn build_stage(
     mut builder: SpanBuilder<ProcFdResolver>,
     mut sampler: Option<crate::sampling::Pipeline>,
     mut rx: mpsc::Receiver<Vec<RawEvent>>,
-    tx: mpsc::Sender<Vec<Built>>,
+    tx: crate::queue::QueueTx<Built>,
     stats: Arc<Stats>,
 ) {
     use agent_common::EventKind;
@@ -541,14 +542,9 @@ async fn build_stage(
             if out.is_empty() {
                 continue;
             }
-            let n = out.len() as u64;
-            match tx.try_send(out) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => stats.dropped(DropReason::QueueFull, n),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    stats.dropped(DropReason::ExportFailed, n)
-                }
-            }
+            let sent = tx.send(out);
+            stats.dropped(DropReason::QueueFull, sent.full as u64);
+            stats.dropped(DropReason::ExportFailed, sent.closed as u64);
         }
         stats.add_spans_built(events.len() as u64);
         stats.dropped(DropReason::SampledOut, sampled_out);

@@ -41,6 +41,31 @@ enum Tok {
     Op(CmpOp),
 }
 
+/// A token as it is written, for error messages (`found ">"`, not `found Op(Gt)`).
+impl std::fmt::Display for Tok {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tok::Ident(s) => write!(f, "{s}"),
+            Tok::Str(s) => write!(f, "{s:?}"),
+            Tok::Int(v) => write!(f, "{v}"),
+            Tok::Float(v) => write!(f, "{v}"),
+            Tok::LParen => f.write_str("("),
+            Tok::RParen => f.write_str(")"),
+            Tok::LBracket => f.write_str("["),
+            Tok::RBracket => f.write_str("]"),
+            Tok::Comma => f.write_str(","),
+            Tok::Op(op) => f.write_str(match op {
+                CmpOp::Eq => "==",
+                CmpOp::Ne => "!=",
+                CmpOp::Lt => "<",
+                CmpOp::Le => "<=",
+                CmpOp::Gt => ">",
+                CmpOp::Ge => ">=",
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmpOp {
     Eq,
@@ -293,7 +318,7 @@ impl Expr {
         if let Some((col, t)) = p.toks.get(p.pos) {
             return Err(err(
                 *col,
-                format!("unexpected {t:?} after a complete condition"),
+                format!("unexpected {:?} after a complete condition", t.to_string()),
             ));
         }
         Ok(e)
@@ -452,7 +477,7 @@ impl Parser {
             other => {
                 return Err(err(
                     col,
-                    format!("expected a value or a path, found {other:?}"),
+                    format!("expected a value or a path, found {:?}", other.to_string()),
                 ))
             }
         })

@@ -307,7 +307,7 @@ rules:
         .unwrap();
         assert_eq!(
             e.to_string(),
-            "rule \"a\" (#0), condition 1: at column 11: expected a value or a path, found Op(Gt)"
+            "rule \"a\" (#0), condition 1: at column 11: expected a value or a path, found \">\""
         );
         let e = RuleSampler::compile(&cfg(
             "rules:\n  - name: b\n    sampling_percentage: 150\n    conditions: ['true']\n",
