@@ -53,7 +53,7 @@ pub struct CaptureSection {
     /// Only these syscalls (names); empty: all.
     pub syscalls: Vec<String>,
     /// Syscalls shorter than this only count in the kernel's histograms.
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::duration::serde_text")]
     pub min_duration: Duration,
     /// Failed syscalls become spans even when shorter than `min_duration`.
     pub failed_syscalls: bool,
@@ -64,7 +64,7 @@ pub struct CaptureSection {
     /// Ring buffer size in bytes (a power of two, >= 4096).
     pub ring_buffer_bytes: u32,
     /// How often the ring buffer is drained.
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::duration::serde_text")]
     pub drain_interval: Duration,
 }
 
@@ -146,7 +146,7 @@ pub struct ExporterSection {
     pub headers: BTreeMap<String, String>,
     pub compression: Option<Compression>,
     /// Time allowed for one export, retries inside it included.
-    #[serde(with = "opt_duration_str")]
+    #[serde(with = "crate::duration::serde_opt_text")]
     pub timeout: Option<Duration>,
     /// TLS for `https://` endpoints.
     #[serde(skip_serializing_if = "TlsSection::is_empty")]
@@ -179,12 +179,12 @@ impl TlsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSection {
     pub batch_size: usize,
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::duration::serde_text")]
     pub batch_timeout: Duration,
     pub queue_spans: usize,
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::duration::serde_text")]
     pub retry_max_elapsed: Duration,
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::duration::serde_text")]
     pub shutdown_timeout: Duration,
 }
 
@@ -216,7 +216,7 @@ pub struct MetricsSection {
     /// Prometheus metrics and health endpoints; `null`/empty to disable.
     pub addr: Option<String>,
     /// Interval of the one-line summary in the log.
-    #[serde(with = "duration_str")]
+    #[serde(with = "crate::duration::serde_text")]
     pub log_interval: Duration,
 }
 
@@ -351,47 +351,6 @@ pub fn validate_endpoint(e: &str) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// Durations written as `20ms`, `1s`, `5m` or a number of nanoseconds.
-pub(crate) mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Duration::from_nanos(n)),
-            Raw::S(s) => crate::cmd::parse_duration(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-mod opt_duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::duration_str::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration_str::deserialize(d).map(Some)
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ pub struct GovernorConfig {
     /// CPU the agent may use, in percent of one core (e.g. 5).
     pub cpu_budget_percent: f64,
     /// The highest minimum duration the governor may set.
-    #[serde(default = "default_max", with = "crate::sampling::adaptive::dur")]
+    #[serde(default = "default_max", with = "crate::duration::serde_ns")]
     pub max_min_duration: u64,
 }
 

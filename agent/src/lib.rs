@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod config;
 pub mod conns;
 pub mod decode;
+pub mod duration;
 pub mod event;
 pub mod export;
 pub mod governor;

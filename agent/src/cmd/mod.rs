@@ -4,8 +4,6 @@ pub mod hist;
 pub mod run;
 pub mod sampling;
 
-use std::time::Duration;
-
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -61,28 +59,11 @@ pub struct FilterArgs {
     pub syscalls: Vec<String>,
 }
 
-/// Parses durations like `20ms`, `1s`, `500us`, or a bare number of nanoseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim_start().starts_with('-') {
-        return Err("a duration cannot be negative (examples: 500us, 20ms, 5s, 1m)".into());
-    }
-    if let Ok(ns) = s.parse::<u64>() {
-        return Ok(Duration::from_nanos(ns));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500us, 20ms, 5s, 1m)"))
-}
+pub use crate::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("20ms"), Ok(Duration::from_millis(20)));
-        assert_eq!(parse_duration("1500"), Ok(Duration::from_nanos(1500)));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("fast").is_err());
-    }
 
     #[test]
     fn cli_parses() {

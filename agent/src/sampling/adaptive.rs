@@ -24,7 +24,7 @@ pub struct AdaptiveConfig {
     /// Kept spans per second to aim for (errors come on top of it when they exceed it).
     pub target_spans_per_second: f64,
     /// Spans at least this slow get the slow boost (ns, or a duration like 1s).
-    #[serde(default, with = "opt_dur")]
+    #[serde(default, with = "crate::duration::serde_opt_ns")]
     pub slow_threshold: Option<u64>,
     /// Spans slower than this quantile of their key's recent durations get the slow boost
     /// (0.95 or 0.99; 0 disables).
@@ -36,14 +36,14 @@ pub struct AdaptiveConfig {
     /// More than this many errors within `error_burst_window` is a burst...
     #[serde(default = "default_burst_errors")]
     pub error_burst_errors: u64,
-    #[serde(default = "default_burst_window", with = "dur")]
+    #[serde(default = "default_burst_window", with = "crate::duration::serde_ns")]
     pub error_burst_window: u64,
     /// ...which multiplies the base probability by this.
     #[serde(default = "default_burst_boost")]
     pub error_burst_boost: f64,
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
-    #[serde(default = "default_tick", with = "dur")]
+    #[serde(default = "default_tick", with = "crate::duration::serde_ns")]
     pub tick: u64,
     /// EWMA weight of the newest tick.
     #[serde(default = "default_alpha")]
@@ -112,34 +112,6 @@ impl AdaptiveConfig {
 }
 
 /// Durations in YAML as ns or `1s`/`250ms`.
-pub(crate) mod dur {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(*d)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        crate::config::duration_str::deserialize(d)
-            .map(|d| d.as_nanos().min(u64::MAX as u128) as u64)
-    }
-}
-
-pub(crate) mod opt_dur {
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(v) => s.serialize_u64(*v),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        super::dur::deserialize(d).map(Some)
-    }
-}
-
 /// Latency histogram resolution: 4 sub-buckets per power of two (~19 % wide).
 const LAT_BUCKETS: usize = 256;
 

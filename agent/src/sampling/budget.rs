@@ -42,7 +42,7 @@ pub struct BudgetConfig {
     #[serde(default = "default_reserve")]
     pub reserve: f64,
     /// How often the pace is recomputed (ns or a duration).
-    #[serde(default = "default_update", with = "super::adaptive::dur")]
+    #[serde(default = "default_update", with = "crate::duration::serde_ns")]
     pub update_interval: u64,
     /// Start of the first period (unix seconds); default: the calendar day or month (UTC)
     /// containing the first span.
