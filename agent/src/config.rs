@@ -239,8 +239,34 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
+    #[error("config: {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+    #[error("config: {0}; kspan will not start with a sampler it cannot build")]
+    Sampling(#[from] crate::sampling::SamplingError),
     #[error("config: {0}")]
-    Invalid(String),
+    Governor(#[from] crate::governor::GovernorError),
+    #[error(transparent)]
+    Capture(#[from] crate::capture::CaptureError),
+}
+
+fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        why: why.into(),
+    }
+}
+
+/// The validated configuration turned into the things that run. Building is validating:
+/// nothing is built twice.
+pub struct RunPlan {
+    pub capture: crate::capture::CaptureConfig,
+    pub drain_interval: Duration,
+    pub sampler: Option<crate::sampling::Pipeline>,
+    pub governor: Option<crate::governor::Governor>,
+    pub exporter: ExporterSection,
+    pub pipeline: PipelineSection,
+    pub resource: ResourceSection,
+    pub metrics: MetricsSection,
 }
 
 impl Config {
@@ -273,39 +299,63 @@ impl Config {
     }
 
     /// Checks values serde cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting and builds what runs from them.
+    pub fn build(&self) -> Result<RunPlan, ConfigError> {
         let p = &self.pipeline;
         if p.batch_size == 0 {
-            return Err(ConfigError::Invalid(
-                "pipeline.batch_size must be > 0".into(),
-            ));
+            return Err(invalid("pipeline.batch_size", "must be > 0"));
         }
         if p.queue_spans < p.batch_size {
-            return Err(ConfigError::Invalid(format!(
-                "pipeline.queue_spans ({}) must be >= pipeline.batch_size ({})",
-                p.queue_spans, p.batch_size
-            )));
+            return Err(invalid(
+                "pipeline.queue_spans",
+                format!(
+                    "pipeline.queue_spans ({}) must be >= pipeline.batch_size ({})",
+                    p.queue_spans, p.batch_size
+                ),
+            ));
         }
         if p.batch_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "pipeline.batch_timeout must be > 0".into(),
-            ));
+            return Err(invalid("pipeline.batch_timeout", "must be > 0"));
         }
         if let Some(e) = &self.exporter.endpoint {
             validate_endpoint(e)?;
         }
-        if let Some(g) = &self.governor {
-            crate::governor::Governor::new(g, self.capture.min_duration)
-                .map_err(ConfigError::Invalid)?;
-        }
-        if let Some(s) = &self.sampling {
-            crate::sampling::Pipeline::new(s).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "{e}; kspan will not start with a sampler it cannot build"
-                ))
-            })?;
-        }
-        Ok(())
+        let c = &self.capture;
+        let mut capture = crate::capture::CaptureConfig::filtered(
+            &c.pids,
+            &c.comms,
+            c.cgroup.as_deref(),
+            &c.syscalls,
+        )?;
+        capture.min_duration = c.min_duration;
+        capture.emit_failed = c.failed_syscalls;
+        capture.tcp = c.tcp;
+        capture.ring_buffer_bytes = c.ring_buffer_bytes;
+        capture.syscall_hook = if c.syscall_spans {
+            crate::capture::SyscallHook::RawTracepoint
+        } else {
+            crate::capture::SyscallHook::Off
+        };
+        let governor = self
+            .governor
+            .as_ref()
+            .map(|g| crate::governor::Governor::new(g, c.min_duration))
+            .transpose()?;
+        let sampler = self
+            .sampling
+            .as_ref()
+            .map(crate::sampling::Pipeline::new)
+            .transpose()?;
+        Ok(RunPlan {
+            capture,
+            drain_interval: c.drain_interval,
+            sampler,
+            governor,
+            exporter: self.exporter.clone(),
+            pipeline: self.pipeline.clone(),
+            resource: self.resource.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 }
 
@@ -333,21 +383,24 @@ pub fn validate_endpoint(e: &str) -> Result<(), ConfigError> {
         .strip_prefix("http://")
         .or_else(|| e.strip_prefix("https://"))
         .ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "exporter endpoint {e:?} must start with http:// or https:// (e.g. http://localhost:4317)"
-            ))
+            invalid(
+                "exporter.endpoint",
+                format!("{e:?} must start with http:// or https:// (e.g. http://localhost:4317)"),
+            )
         })?;
     let host = rest.split(['/', '?']).next().unwrap_or("");
     if host.is_empty() || host.starts_with(':') {
-        return Err(ConfigError::Invalid(format!(
-            "exporter endpoint {e:?} has no host (e.g. http://localhost:4317)"
-        )));
+        return Err(invalid(
+            "exporter.endpoint",
+            format!("{e:?} has no host (e.g. http://localhost:4317)"),
+        ));
     }
     if let Some((_, port)) = host.rsplit_once(':') {
         if !host.ends_with(']') && port.parse::<u16>().is_err() {
-            return Err(ConfigError::Invalid(format!(
-                "exporter endpoint {e:?} has a bad port {port:?}"
-            )));
+            return Err(invalid(
+                "exporter.endpoint",
+                format!("{e:?} has a bad port {port:?}"),
+            ));
         }
     }
     Ok(())
@@ -400,7 +453,7 @@ metrics:
         assert_eq!(c.pipeline.queue_spans, DEFAULT_QUEUE_SPANS);
         assert_eq!(c.resource.service_names["nginx"], "web");
         assert_eq!(c.metrics.addr.as_deref(), Some("127.0.0.1:9999"));
-        c.validate().unwrap();
+        c.build().unwrap();
     }
 
     #[test]
@@ -438,13 +491,14 @@ sampling:
 "#,
         )
         .unwrap();
-        c.validate().unwrap();
+        c.build().unwrap();
         let s = c.sampling.unwrap();
         assert_eq!(s.adaptive.unwrap().slow_threshold, Some(1_000_000_000));
         let e = Config::parse("sampling:\n  rules:\n    rules:\n      - name: x\n        sampling_percentage: 5\n        conditions: ['duration >']\n")
             .unwrap()
-            .validate()
-            .unwrap_err();
+            .build()
+            .err()
+            .unwrap();
         assert!(
             e.to_string()
                 .contains("rule \"x\" (#0), condition 0: at column 11"),
@@ -464,7 +518,7 @@ sampling:
         let e = Config::parse("exporter:\n  protocol: udp\n").unwrap_err();
         assert!(e.contains("unknown variant `udp`"), "{e}");
         let c = Config::parse("pipeline:\n  batch_size: 0\n").unwrap();
-        assert!(c.validate().is_err());
+        assert!(c.build().is_err());
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum Action {
     Set(Duration),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum GovernorError {
+    #[error("governor.cpu_budget_percent must be > 0, not {0}")]
+    Budget(f64),
+}
+
 /// Pure decision logic (the caller measures CPU and applies the result).
 #[derive(Debug)]
 pub struct Governor {
@@ -49,9 +55,9 @@ pub struct Governor {
 }
 
 impl Governor {
-    pub fn new(cfg: &GovernorConfig, base: Duration) -> Result<Governor, String> {
+    pub fn new(cfg: &GovernorConfig, base: Duration) -> Result<Governor, GovernorError> {
         if cfg.cpu_budget_percent.is_nan() || cfg.cpu_budget_percent <= 0.0 {
-            return Err("governor.cpu_budget_percent must be > 0".into());
+            return Err(GovernorError::Budget(cfg.cpu_budget_percent));
         }
         Ok(Governor {
             budget: cfg.cpu_budget_percent,
@@ -62,6 +68,11 @@ impl Governor {
             calm_needed: CALM_TICKS,
             since_lower: None,
         })
+    }
+
+    /// The CPU budget, percent of one core.
+    pub fn budget_percent(&self) -> f64 {
+        self.budget
     }
 
     pub fn current(&self) -> Duration {

@@ -1,8 +1,10 @@
 //! kspan: eBPF kernel-level tracing agent (userspace side).
 //!
-//! Pipeline stages, one module each: `capture` (kernel programs and maps) -> `decode` (bytes to
-//! values, the only place that reads kernel bytes) -> `event` (agent-level events and their
-//! JSON form). `cmd` holds the thin command entry points.
+//! Read the tree as the data flows: `capture` (kernel programs and maps) -> `decode` (the
+//! only place that reads kernel bytes) -> enrichment (`procinfo`, `conns`, `k8s`) -> `spans`
+//! -> `sampling` -> `sink`, wired and run by `pipeline` (reader, build, queue, export), with
+//! `metrics` beside. `config` turns the YAML into a `RunPlan`; `cmd` holds the thin command
+//! entry points; `hist`, `event`, `check` serve the other commands.
 pub mod btf;
 pub mod capture;
 pub mod check;
@@ -13,15 +15,15 @@ pub mod conns;
 pub mod decode;
 pub mod duration;
 pub mod event;
-pub mod export;
 pub mod governor;
 pub mod hist;
 pub mod k8s;
 pub mod metrics;
 pub mod names;
+pub mod pipeline;
 pub mod procinfo;
-pub mod queue;
 pub mod sampling;
+pub mod sink;
 pub mod source;
 pub mod spans;
 

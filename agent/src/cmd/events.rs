@@ -13,7 +13,6 @@ use crate::{
     clock::WallClock,
     decode,
     event::JsonEvent,
-    names,
     source::RingReady,
 };
 
@@ -56,10 +55,6 @@ pub struct EventsArgs {
 pub enum EventsError {
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    #[error("unknown syscall {0:?} (names as in `man 2 syscalls`, e.g. openat)")]
-    UnknownSyscall(String),
-    #[error("--pid {pid}: {why}")]
-    BadPid { pid: u32, why: String },
     #[error("writing events: {0}")]
     Output(#[source] std::io::Error),
     #[error("setting up signal handling: {0}")]
@@ -105,48 +100,12 @@ impl Summary {
 
 /// Turns the shared filter arguments into a capture config.
 pub fn capture_config(filter: &FilterArgs) -> Result<CaptureConfig, EventsError> {
-    let mut syscalls = Vec::new();
-    for name in &filter.syscalls {
-        let nr = names::syscall_number(name.trim())
-            .ok_or_else(|| EventsError::UnknownSyscall(name.clone()))?;
-        syscalls.push(nr);
-    }
-    for &pid in &filter.pid {
-        check_pid(pid)?;
-    }
-    let cgroup_id = filter
-        .cgroup
-        .as_deref()
-        .map(capture::resolve_cgroup)
-        .transpose()?;
-    Ok(CaptureConfig {
-        pids: filter.pid.clone(),
-        comms: filter.comm.clone(),
-        cgroup_id,
-        syscalls,
-        ..Default::default()
-    })
-}
-
-/// A pid filter must name a running process (a thread group leader: the kernel filter
-/// compares process ids), or nothing would ever be traced and nobody would know why.
-fn check_pid(pid: u32) -> Result<(), EventsError> {
-    let bad = |why: String| EventsError::BadPid { pid, why };
-    if pid == 0 {
-        return Err(bad("0 is not a process id".into()));
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|_| bad("no such process (is it running? see `ps -p PID`)".into()))?;
-    let tgid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse::<u32>().ok());
-    match tgid {
-        Some(t) if t != pid => Err(bad(format!(
-            "is a thread of process {t}; filter on the process: --pid {t}"
-        ))),
-        _ => Ok(()),
-    }
+    Ok(CaptureConfig::filtered(
+        &filter.pid,
+        &filter.comm,
+        filter.cgroup.as_deref(),
+        &filter.syscalls,
+    )?)
 }
 
 pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {

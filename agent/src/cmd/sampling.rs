@@ -63,7 +63,7 @@ pub enum SamplingCmdError {
 
 fn load(path: &std::path::Path) -> Result<Option<SamplingConfig>, SamplingCmdError> {
     let c = Config::load(path)?;
-    c.validate()?;
+    c.build()?;
     Ok(c.sampling)
 }
 

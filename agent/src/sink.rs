@@ -1,19 +1,7 @@
-//! The export stage: batches spans by size and time, exports each batch (one request per
-//! process resource in it) through a [`SpanSink`], and keeps failed batches for retry while
-//! the collector is away.
-//!
-//! Queue policy: at most `pipeline.queue_spans` spans wait between the span builder and the
-//! collector (the channel, the batch queue and the retry batch together; see `queue`). When
-//! the queue is full the span builder drops the newest spans, counted as `queue_full`.
-//! Batches that still
-//! fail after `pipeline.retry_max_elapsed` (or at the shutdown deadline) are counted as
-//! `export_failed`. Nothing is dropped without being counted.
-use std::{
-    collections::{HashMap, VecDeque},
-    io::Write,
-    sync::Arc,
-    time::Duration,
-};
+//! Where spans go: the OTLP exporter (gRPC or HTTP, TLS, headers, the standard
+//! `OTEL_EXPORTER_OTLP_*` variables), stdout as OTLP JSON lines, or nowhere. Each is a
+//! [`Sink`]; `pipeline::export` batches and retries in front of it.
+use std::{future::Future, io::Write, pin::Pin, time::Duration};
 
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_proto::{
@@ -27,23 +15,13 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanExporter as _},
     Resource,
 };
-use tokio::time::Instant;
 
-use crate::{
-    config::{Compression, ExporterKind, ExporterSection, PipelineSection, Protocol, TlsSection},
-    metrics::{DropReason, Stats},
-    queue::QueueRx,
-    spans::Built,
-};
-
-/// First delay before a failed batch is retried; doubles up to `MAX_RETRY_DELAY`.
-pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+use crate::config::{Compression, ExporterKind, ExporterSection, Protocol, TlsSection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot set up the OTLP exporter: {0}")]
-    Build(String),
+    Build(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("bad header {name:?} for the exporter: {why}")]
     Header { name: String, why: String },
     #[error("OTEL_EXPORTER_OTLP_PROTOCOL (or _TRACES_PROTOCOL) is {0:?}; use grpc, http/protobuf or http/json")]
@@ -128,11 +106,81 @@ fn read_tls(cfg: &TlsSection) -> Result<TlsFiles, ExportError> {
     })
 }
 
-/// Where batches go.
-pub enum SpanSink {
-    Otlp(Box<opentelemetry_otlp::SpanExporter>),
-    Stdout(std::io::Stdout),
-    Discard,
+/// An export that did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{0}")]
+    Otlp(#[source] opentelemetry_sdk::error::OTelSdkError),
+    #[error("encoding spans as OTLP JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+    #[error("writing to stdout: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("shutdown deadline reached during export")]
+    Deadline,
+}
+
+/// The future of one export.
+pub type ExportFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// Where batches go. The OpenTelemetry exporter contract: whole batches of one resource,
+/// never called concurrently, retries (if any) inside, and a timeout.
+pub trait Sink: Send {
+    fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a>;
+    /// Flushes and closes; called once, at exit.
+    fn shutdown(&mut self);
+}
+
+/// The OTLP exporter of `opentelemetry-otlp`.
+pub struct OtlpSink(opentelemetry_otlp::SpanExporter);
+
+impl Sink for OtlpSink {
+    fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
+        Box::pin(async move {
+            self.0.set_resource(resource);
+            self.0.export(spans).await.map_err(SinkError::Otlp)
+        })
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// One OTLP/JSON `ExportTraceServiceRequest` per line on stdout.
+pub struct StdoutSink(std::io::Stdout);
+
+impl Sink for StdoutSink {
+    fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
+        let req = ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(
+                spans,
+                &ResourceAttributesWithSchema::from(resource),
+            ),
+        };
+        let result = serde_json::to_vec(&req)
+            .map_err(SinkError::Encode)
+            .and_then(|mut line| {
+                line.push(b'\n');
+                let mut lock = self.0.lock();
+                lock.write_all(&line)
+                    .and_then(|_| lock.flush())
+                    .map_err(SinkError::Write)
+            });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn shutdown(&mut self) {}
+}
+
+/// Spans are built and counted, not sent (`--exporter none`).
+pub struct DiscardSink;
+
+impl Sink for DiscardSink {
+    fn export<'a>(&'a mut self, _: &'a Resource, _: Vec<SpanData>) -> ExportFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn shutdown(&mut self) {}
 }
 
 /// What the exporter resolved to, for the start-up log line.
@@ -323,7 +371,7 @@ fn http_client(tls: &TlsFiles, timeout: Option<Duration>) -> Result<reqwest::Cli
 }
 
 /// What to do about an export error, when its text says enough to tell.
-fn error_hint(e: &str) -> &'static str {
+pub(crate) fn error_hint(e: &str) -> &'static str {
     let l = e.to_ascii_lowercase();
     if l.contains("certificate") || l.contains("unknownissuer") || l.contains("handshake") {
         " (TLS: a collector with a private CA needs exporter.tls.ca_file or --tls-ca; one that \
@@ -352,12 +400,13 @@ fn http_traces_url(endpoint: &str) -> String {
     }
 }
 
-impl SpanSink {
-    pub fn build(cfg: &ExporterSection) -> Result<(SpanSink, SinkDescription), ExportError> {
+/// The sink the exporter settings name, and what it resolved to.
+pub fn build(cfg: &ExporterSection) -> Result<(Box<dyn Sink>, SinkDescription), ExportError> {
+    {
         let kind = cfg.kind.unwrap_or_else(|| default_kind(cfg));
         match kind {
             ExporterKind::Stdout => Ok((
-                SpanSink::Stdout(std::io::stdout()),
+                Box::new(StdoutSink(std::io::stdout())),
                 SinkDescription {
                     kind,
                     protocol: None,
@@ -366,7 +415,7 @@ impl SpanSink {
                 },
             )),
             ExporterKind::None => Ok((
-                SpanSink::Discard,
+                Box::new(DiscardSink),
                 SinkDescription {
                     kind,
                     protocol: None,
@@ -452,9 +501,9 @@ impl SpanSink {
                         b.build()
                     }
                 }
-                .map_err(|e| ExportError::Build(e.to_string()))?;
+                .map_err(ExportError::Build)?;
                 Ok((
-                    SpanSink::Otlp(Box::new(exporter)),
+                    Box::new(OtlpSink(exporter)),
                     SinkDescription {
                         kind,
                         protocol: Some(protocol),
@@ -464,236 +513,6 @@ impl SpanSink {
                 ))
             }
         }
-    }
-
-    /// Exports spans of one resource. Errors are the exporter's message.
-    pub async fn export(
-        &mut self,
-        resource: &Resource,
-        spans: Vec<SpanData>,
-    ) -> Result<(), String> {
-        match self {
-            SpanSink::Otlp(e) => {
-                e.set_resource(resource);
-                e.export(spans).await.map_err(|e| e.to_string())
-            }
-            SpanSink::Stdout(out) => {
-                let req = ExportTraceServiceRequest {
-                    resource_spans: group_spans_by_resource_and_scope(
-                        spans,
-                        &ResourceAttributesWithSchema::from(resource),
-                    ),
-                };
-                let mut line = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-                line.push(b'\n');
-                let mut lock = out.lock();
-                lock.write_all(&line)
-                    .and_then(|_| lock.flush())
-                    .map_err(|e| format!("writing to stdout: {e}"))
-            }
-            SpanSink::Discard => Ok(()),
-        }
-    }
-
-    pub fn shutdown(&mut self) {
-        if let SpanSink::Otlp(e) = self {
-            let _ = e.shutdown();
-        }
-    }
-}
-
-/// A failed batch waiting for its next attempt.
-struct Retry {
-    spans: Vec<Built>,
-    first_failure: Instant,
-    next_at: Instant,
-    delay: Duration,
-}
-
-/// The export stage.
-pub struct ExportStage {
-    sink: SpanSink,
-    rx: QueueRx<Built>,
-    cfg: PipelineSection,
-    stats: Arc<Stats>,
-    queue: VecDeque<Built>,
-    retry: Option<Retry>,
-    last_error: Option<String>,
-}
-
-impl ExportStage {
-    pub fn new(
-        sink: SpanSink,
-        rx: QueueRx<Built>,
-        cfg: PipelineSection,
-        stats: Arc<Stats>,
-    ) -> ExportStage {
-        ExportStage {
-            sink,
-            rx,
-            cfg,
-            stats,
-            queue: VecDeque::new(),
-            retry: None,
-            last_error: None,
-        }
-    }
-
-    /// Spans in this stage (batch queue and retry batch), not counting the channel.
-    fn held(&self) -> usize {
-        self.queue.len() + self.retry.as_ref().map_or(0, |r| r.spans.len())
-    }
-
-    /// Runs until the input channel closes, then flushes within `shutdown_timeout`. The
-    /// channel is always read: the queue's bound is enforced by the sender (in spans).
-    pub async fn run(mut self) {
-        let mut next_flush = Instant::now() + self.cfg.batch_timeout;
-        loop {
-            let wake = match &self.retry {
-                Some(r) => r.next_at,
-                None => next_flush,
-            };
-            tokio::select! {
-                chunk = self.rx.recv() => match chunk {
-                    Some(c) => self.queue.extend(c),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(wake) => {}
-            }
-            self.stats.set_queue(self.rx.held());
-            let now = Instant::now();
-            if self.retry.as_ref().is_some_and(|r| r.next_at <= now) {
-                if let Some(r) = self.retry.take() {
-                    let prev = (r.first_failure, r.delay);
-                    self.attempt(r.spans, Some(prev), None).await;
-                }
-                continue;
-            }
-            if self.retry.is_some() {
-                continue;
-            }
-            if self.queue.len() >= self.cfg.batch_size
-                || (now >= next_flush && !self.queue.is_empty())
-            {
-                let n = self.queue.len().min(self.cfg.batch_size);
-                let batch: Vec<Built> = self.queue.drain(..n).collect();
-                self.attempt(batch, None, None).await;
-            }
-            if now >= next_flush {
-                next_flush = now + self.cfg.batch_timeout;
-            }
-        }
-        self.flush_at_shutdown().await;
-    }
-
-    async fn flush_at_shutdown(&mut self) {
-        let deadline = Instant::now() + self.cfg.shutdown_timeout;
-        while self.held() > 0 && Instant::now() < deadline {
-            let (batch, prev) = match self.retry.take() {
-                Some(r) => {
-                    tokio::time::sleep_until(r.next_at.min(deadline)).await;
-                    if Instant::now() >= deadline {
-                        self.retry = Some(r);
-                        break;
-                    }
-                    (r.spans, Some((r.first_failure, r.delay)))
-                }
-                None => {
-                    let n = self.queue.len().min(self.cfg.batch_size);
-                    (self.queue.drain(..n).collect(), None)
-                }
-            };
-            self.attempt(batch, prev, Some(deadline)).await;
-        }
-        let left = self.held() as u64;
-        if left > 0 {
-            log::warn!(
-                "shutdown deadline reached: {left} spans not exported (counted as export_failed)"
-            );
-            self.stats.dropped(DropReason::ExportFailed, left);
-            self.rx.release(left as usize);
-            self.queue.clear();
-            self.retry = None;
-        }
-        self.stats.set_queue(0);
-        self.sink.shutdown();
-    }
-
-    /// Exports one batch, one request per resource; what fails is kept for retry or counted.
-    /// `prev`: when this batch first failed and the last retry delay.
-    async fn attempt(
-        &mut self,
-        batch: Vec<Built>,
-        prev: Option<(Instant, Duration)>,
-        deadline: Option<Instant>,
-    ) {
-        let mut groups: Vec<(Arc<crate::procinfo::ProcResource>, Vec<Built>)> = Vec::new();
-        let mut index: HashMap<u64, usize> = HashMap::new();
-        for b in batch {
-            let i = *index.entry(b.resource.id).or_insert_with(|| {
-                groups.push((b.resource.clone(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push(b);
-        }
-        let mut failed: Vec<Built> = Vec::new();
-        for (res, spans) in groups {
-            let data: Vec<SpanData> = spans.iter().map(|b| b.span.clone()).collect();
-            let n = data.len() as u64;
-            let t0 = Instant::now();
-            let fut = self.sink.export(&res.resource, data);
-            let result = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err("shutdown deadline reached during export".to_string()),
-                },
-                None => fut.await,
-            };
-            let secs = t0.elapsed().as_secs_f64();
-            match result {
-                Ok(()) => {
-                    self.stats.add_exported(n, secs);
-                    self.rx.release(n as usize);
-                    if let Some(e) = self.last_error.take() {
-                        log::warn!("export works again (last error: {e})");
-                    }
-                }
-                Err(e) => {
-                    self.stats.export_failed_attempt(secs);
-                    if self.last_error.is_none() {
-                        log::warn!("export failed, will retry: {e}{}", error_hint(&e));
-                    }
-                    self.last_error = Some(e);
-                    failed.extend(spans);
-                }
-            }
-        }
-        if failed.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let (first_failure, delay) = match prev {
-            Some((first, delay)) => (first, (delay * 2).min(MAX_RETRY_DELAY)),
-            None => (now, FIRST_RETRY_DELAY),
-        };
-        if now.duration_since(first_failure) >= self.cfg.retry_max_elapsed {
-            log::warn!(
-                "dropping {} spans after retrying for {:?}: {}",
-                failed.len(),
-                self.cfg.retry_max_elapsed,
-                self.last_error.as_deref().unwrap_or("?")
-            );
-            self.stats
-                .dropped(DropReason::ExportFailed, failed.len() as u64);
-            self.rx.release(failed.len());
-            return;
-        }
-        self.retry = Some(Retry {
-            spans: failed,
-            first_failure,
-            next_at: now + delay,
-            delay,
-        });
     }
 }
 

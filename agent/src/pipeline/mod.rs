@@ -1,0 +1,168 @@
+//! The running agent (`kspan run`), stage by stage:
+//!
+//! ```text
+//! capture (kernel) -> reader --[events: block]--> build --[spans: bounded in spans, drop newest]--> export -> sink
+//!                     decode                      enrich, spans, sampling                          batch, retry, flush
+//! ```
+//!
+//! - `reader`: drains the ring buffer and decodes; blocks when `build` is behind, so the
+//!   kernel counts `ringbuf_full`. Also refreshes kernel counters and runs the governor.
+//! - `build`: events -> spans with process/container/Kubernetes/connection context, then the
+//!   samplers (`sampled_out`).
+//! - `queue`: builder -> export, at most `pipeline.queue_spans` spans (`queue_full`).
+//! - `export`: batches, exports through a [`crate::sink::Sink`], retries until
+//!   `retry_max_elapsed` (`export_failed`), flushes within `shutdown_timeout` at exit.
+//!
+//! Metrics (`crate::metrics`) sit beside every stage. Stop: SIGINT/SIGTERM or the deadline
+//! detach the programs, drain, flush, and return the summary.
+pub mod build;
+pub mod export;
+pub mod queue;
+pub mod reader;
+
+use std::{sync::Arc, time::Duration};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    capture::{Capture, CaptureError, KernelCounters},
+    clock::WallClock,
+    config::RunPlan,
+    conns::ProcFdResolver,
+    decode::RawEvent,
+    metrics::{self, MetricsError, Stats, Totals},
+    procinfo::{HostResource, ProcessCache},
+    sampling::SamplingError,
+    sink::{self, ExportError},
+    source::RingReady,
+    spans::{Built, SpanBuilder},
+};
+
+/// Largest chunk of events or spans passed between stages at once.
+pub const MAX_CHUNK: usize = 512;
+/// Chunks the reader may have in flight to the builder.
+pub const EVENT_QUEUE_CHUNKS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("sampling.budget.state_file: {0}")]
+    BudgetState(#[source] SamplingError),
+    #[error("setting up signal handling: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("registering the ring buffer for polling: {0}")]
+    RingPoll(#[source] std::io::Error),
+}
+
+/// Printed on stderr at exit (`kspan: summary {...}`).
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub kernel: KernelCounters,
+}
+
+/// Runs the agent until SIGINT/SIGTERM or `stop_after`, then flushes and returns the summary.
+pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSummary, RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let RunPlan {
+        capture,
+        drain_interval,
+        mut sampler,
+        governor,
+        exporter,
+        pipeline,
+        resource,
+        metrics: metrics_cfg,
+    } = plan;
+    // Before anything is attached or served: a state file kspan cannot use stops it here.
+    if let Some(p) = sampler.as_mut() {
+        if let Some(w) = p.open_state().map_err(RunError::BudgetState)? {
+            log::warn!("sampling.budget.{w}");
+        }
+    }
+    let stats = Arc::new(Stats::new());
+    let (sink, desc) = sink::build(&exporter)?;
+    let metrics_task = match &metrics_cfg.addr {
+        Some(a) => {
+            let (addr, task) = metrics::serve(a, stats.clone()).await?;
+            eprintln!("kspan: metrics on http://{addr}/metrics (health: /healthz, /readyz)");
+            Some(task)
+        }
+        None => None,
+    };
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+
+    let capture = Capture::start(capture)?;
+    stats.set_attached(true);
+    let ready = RingReady::new(&capture, drain_interval).map_err(RunError::RingPoll)?;
+
+    let (span_tx, span_rx) = queue::bounded::<Built>(pipeline.queue_spans);
+    let (event_tx, event_rx) = mpsc::channel::<Vec<RawEvent>>(EVENT_QUEUE_CHUNKS);
+    let export_task =
+        tokio::spawn(export::ExportStage::new(sink, span_rx, pipeline, stats.clone()).run());
+    let pods = match crate::k8s::connect().await {
+        Some((client, node)) => {
+            eprintln!("kspan: following the pods of node {node} for Kubernetes metadata");
+            let cache = Arc::new(crate::k8s::PodCache::default());
+            tokio::spawn(crate::k8s::follow(client, node, cache.clone()));
+            Some(cache)
+        }
+        None => None,
+    };
+    let procs = ProcessCache::new(
+        HostResource::detect(&resource.attributes),
+        resource.service_names.clone(),
+    )
+    .with_pods(pods);
+    let builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
+    let build_task = tokio::spawn(build::run(
+        builder,
+        sampler,
+        event_rx,
+        span_tx,
+        stats.clone(),
+    ));
+    eprintln!("kspan: tracing (programs attached); spans to {desc}; stop with Ctrl-C");
+
+    let stop = async move {
+        let deadline = async {
+            match stop_after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+            _ = deadline => {}
+        }
+    };
+    let reader = reader::Reader {
+        capture,
+        ready,
+        stats: stats.clone(),
+        governor,
+        log_interval: metrics_cfg.log_interval,
+    };
+    let capture = reader.run(event_tx, stop).await;
+    let _ = build_task.await;
+    let _ = export_task.await;
+    let kernel = capture.counters();
+    stats.update_kernel(&kernel);
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    Ok(RunSummary {
+        totals: stats.totals(),
+        kernel,
+    })
+}
