@@ -125,6 +125,108 @@ pub const FILTER_COMM: u32 = 2;
 pub const FILTER_CGROUP: u32 = 4;
 pub const FILTER_SYSCALL: u32 = 8;
 
+/// Names of the globals userspace sets when loading (`EbpfLoader::override_global`). Each is a
+/// `static` of the same name in `agent-ebpf` (a test in `agent` checks the object has them).
+pub mod globals {
+    pub const SELF_TGID: &str = "SELF_TGID";
+    pub const FILTER_FLAGS: &str = "FILTER_FLAGS";
+    pub const FILTER_CGROUP_ID: &str = "FILTER_CGROUP_ID";
+    pub const MIN_DURATION_NS: &str = "MIN_DURATION_NS";
+    pub const EMIT_SYSCALLS: &str = "EMIT_SYSCALLS";
+    pub const EMIT_FAILED: &str = "EMIT_FAILED";
+    pub const PROC_HIST: &str = "PROC_HIST";
+    pub const STARTS_IN_ARRAY: &str = "STARTS_IN_ARRAY";
+    pub const EMIT_TCP: &str = "EMIT_TCP";
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    pub const TCP_SOCK_SRTT_US_OFFSET: &str = "TCP_SOCK_SRTT_US_OFFSET";
+    pub const TCP_REQ_SNT_SYNACK_OFFSET: &str = "TCP_REQ_SNT_SYNACK_OFFSET";
+    pub const ALL: &[&str] = &[
+        SELF_TGID,
+        FILTER_FLAGS,
+        FILTER_CGROUP_ID,
+        MIN_DURATION_NS,
+        EMIT_SYSCALLS,
+        EMIT_FAILED,
+        PROC_HIST,
+        STARTS_IN_ARRAY,
+        EMIT_TCP,
+        WAKEUP_BYTES,
+        TCP_SOCK_SRTT_US_OFFSET,
+        TCP_REQ_SNT_SYNACK_OFFSET,
+    ];
+}
+
+/// Names of the maps userspace opens or sizes; each is a `#[map] static` of that name.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const RUNTIME: &str = "RUNTIME";
+    pub const STARTS_ARRAY: &str = "STARTS_ARRAY";
+    pub const STARTS_HASH: &str = "STARTS_HASH";
+    pub const SYSCALL_HIST: &str = "SYSCALL_HIST";
+    pub const SYSCALL_SEEN: &str = "SYSCALL_SEEN";
+    pub const SYSCALL_ERRORS: &str = "SYSCALL_ERRORS";
+    pub const PROC_HIST_MAP: &str = "PROC_HIST_MAP";
+    pub const TCP_HIST: &str = "TCP_HIST";
+    pub const FILTER_PIDS: &str = "FILTER_PIDS";
+    pub const FILTER_COMMS: &str = "FILTER_COMMS";
+    pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
+    pub const ALL: &[&str] = &[
+        EVENTS,
+        COUNTERS,
+        RUNTIME,
+        STARTS_ARRAY,
+        STARTS_HASH,
+        SYSCALL_HIST,
+        SYSCALL_SEEN,
+        SYSCALL_ERRORS,
+        PROC_HIST_MAP,
+        TCP_HIST,
+        FILTER_PIDS,
+        FILTER_COMMS,
+        FILTER_SYSCALLS,
+    ];
+}
+
+/// Names of the programs userspace attaches; each is a program function of that name.
+pub mod programs {
+    pub const SYS_ENTER_RAW: &str = "sys_enter_raw";
+    pub const SYS_EXIT_RAW: &str = "sys_exit_raw";
+    pub const SYS_ENTER_TP: &str = "sys_enter_tp";
+    pub const SYS_EXIT_TP: &str = "sys_exit_tp";
+    pub const SOCK_SET_STATE_TCP: &str = "sock_set_state_tcp";
+    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
+    pub const TCP_RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const TCP_RETRANSMIT_SYNACK: &str = "tcp_retransmit_synack";
+    pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
+    pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
+    /// Benchmark-only programs (`agent-ebpf/src/bench.rs`): the cost floors.
+    pub const SYS_ENTER_RAW_EMPTY: &str = "sys_enter_raw_empty";
+    pub const SYS_EXIT_RAW_EMPTY: &str = "sys_exit_raw_empty";
+    pub const SYS_ENTER_TP_EMPTY: &str = "sys_enter_tp_empty";
+    pub const SYS_EXIT_TP_EMPTY: &str = "sys_exit_tp_empty";
+    pub const SYS_ENTER_RAW_CLOCK: &str = "sys_enter_raw_clock";
+    pub const SYS_EXIT_RAW_CLOCK: &str = "sys_exit_raw_clock";
+    pub const ALL: &[&str] = &[
+        SYS_ENTER_RAW,
+        SYS_EXIT_RAW,
+        SYS_ENTER_TP,
+        SYS_EXIT_TP,
+        SOCK_SET_STATE_TCP,
+        TCP_RETRANSMIT_SKB,
+        TCP_RECEIVE_RESET,
+        TCP_RETRANSMIT_SYNACK,
+        SOCK_SEND_LENGTH,
+        SOCK_RECV_LENGTH,
+        SYS_ENTER_RAW_EMPTY,
+        SYS_EXIT_RAW_EMPTY,
+        SYS_ENTER_TP_EMPTY,
+        SYS_EXIT_TP_EMPTY,
+        SYS_ENTER_RAW_CLOCK,
+        SYS_EXIT_RAW_CLOCK,
+    ];
+}
+
 /// Key of the per-process histogram map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

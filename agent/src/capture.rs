@@ -8,8 +8,8 @@ use std::{
 
 use crate::btf::KernelOffsets;
 use agent_common::{
-    Counter, ProcHistKey, COMM_LEN, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_SYSCALL,
-    HIST_BUCKETS, MAX_SYSCALLS,
+    globals, maps, programs, Counter, ProcHistKey, COMM_LEN, FILTER_CGROUP, FILTER_COMM,
+    FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS,
 };
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -108,8 +108,63 @@ impl Default for CaptureConfig {
     }
 }
 
+impl CaptureConfig {
+    /// The default capture narrowed by the process and syscall filters: pids must name
+    /// running processes (a filter that names nothing would trace nothing, silently), syscalls
+    /// are names, cgroups a v2 path or id.
+    pub fn filtered(
+        pids: &[u32],
+        comms: &[String],
+        cgroup: Option<&str>,
+        syscalls: &[String],
+    ) -> Result<CaptureConfig, CaptureError> {
+        for &pid in pids {
+            check_pid(pid)?;
+        }
+        let syscalls = syscalls
+            .iter()
+            .map(|name| {
+                crate::names::syscall_number(name.trim())
+                    .ok_or_else(|| CaptureError::UnknownSyscall(name.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CaptureConfig {
+            pids: pids.to_vec(),
+            comms: comms.to_vec(),
+            cgroup_id: cgroup.map(resolve_cgroup).transpose()?,
+            syscalls,
+            ..Default::default()
+        })
+    }
+}
+
+/// A pid filter must name a running process (a thread group leader: the kernel filter
+/// compares process ids).
+fn check_pid(pid: u32) -> Result<(), CaptureError> {
+    let bad = |why: String| CaptureError::BadPid { pid, why };
+    if pid == 0 {
+        return Err(bad("0 is not a process id".into()));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| bad("no such process (is it running? see `ps -p PID`)".into()))?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match tgid {
+        Some(t) if t != pid => Err(bad(format!(
+            "is a thread of process {t}; filter on the process: --pid {t}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    #[error("unknown syscall {0:?} (names as in `man 2 syscalls`, e.g. openat)")]
+    UnknownSyscall(String),
+    #[error("--pid {pid}: {why}")]
+    BadPid { pid: u32, why: String },
     #[error(
         "permission denied while {what}: kspan needs root, or the capabilities CAP_BPF and \
          CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8); run it with sudo. Kernel lockdown \
@@ -285,22 +340,25 @@ impl Capture {
 
         let mut loader = EbpfLoader::new();
         loader
-            .override_global("SELF_TGID", &self_tgid, true)
-            .override_global("FILTER_FLAGS", &flags, true)
-            .override_global("FILTER_CGROUP_ID", &cgroup_id, true)
-            .override_global("MIN_DURATION_NS", &min_ns, true)
-            .override_global("EMIT_SYSCALLS", &emit_syscalls, true)
-            .override_global("EMIT_FAILED", &emit_failed, true)
-            .override_global("PROC_HIST", &proc_hist, true)
-            .override_global("STARTS_IN_ARRAY", &in_array, true)
-            .override_global("EMIT_TCP", &emit_tcp, true)
-            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
-            .override_global("TCP_SOCK_SRTT_US_OFFSET", &srtt_offset, true)
-            .override_global("TCP_REQ_SNT_SYNACK_OFFSET", &synack_offset, true)
-            .map_max_entries("EVENTS", rb)
-            .map_max_entries("STARTS_ARRAY", if starts_in_array { pid_max } else { 1 })
+            .override_global(globals::SELF_TGID, &self_tgid, true)
+            .override_global(globals::FILTER_FLAGS, &flags, true)
+            .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
+            .override_global(globals::MIN_DURATION_NS, &min_ns, true)
+            .override_global(globals::EMIT_SYSCALLS, &emit_syscalls, true)
+            .override_global(globals::EMIT_FAILED, &emit_failed, true)
+            .override_global(globals::PROC_HIST, &proc_hist, true)
+            .override_global(globals::STARTS_IN_ARRAY, &in_array, true)
+            .override_global(globals::EMIT_TCP, &emit_tcp, true)
+            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &srtt_offset, true)
+            .override_global(globals::TCP_REQ_SNT_SYNACK_OFFSET, &synack_offset, true)
+            .map_max_entries(maps::EVENTS, rb)
             .map_max_entries(
-                "STARTS_HASH",
+                maps::STARTS_ARRAY,
+                if starts_in_array { pid_max } else { 1 },
+            )
+            .map_max_entries(
+                maps::STARTS_HASH,
                 if starts_in_array {
                     1
                 } else {
@@ -308,7 +366,7 @@ impl Capture {
                 },
             )
             .map_max_entries(
-                "PROC_HIST_MAP",
+                maps::PROC_HIST_MAP,
                 if config.proc_hist {
                     PROC_HIST_ENTRIES
                 } else {
@@ -323,17 +381,25 @@ impl Capture {
 
         // (sys_enter program, sys_exit program, raw tracepoint?)
         let syscall_programs = match config.syscall_hook {
-            SyscallHook::RawTracepoint => Some(("sys_enter_raw", "sys_exit_raw", true)),
-            SyscallHook::Tracepoint => Some(("sys_enter_tp", "sys_exit_tp", false)),
-            SyscallHook::EmptyRawTracepoint => {
-                Some(("sys_enter_raw_empty", "sys_exit_raw_empty", true))
+            SyscallHook::RawTracepoint => {
+                Some((programs::SYS_ENTER_RAW, programs::SYS_EXIT_RAW, true))
             }
-            SyscallHook::EmptyTracepoint => {
-                Some(("sys_enter_tp_empty", "sys_exit_tp_empty", false))
-            }
-            SyscallHook::ClockRawTracepoint => {
-                Some(("sys_enter_raw_clock", "sys_exit_raw_clock", true))
-            }
+            SyscallHook::Tracepoint => Some((programs::SYS_ENTER_TP, programs::SYS_EXIT_TP, false)),
+            SyscallHook::EmptyRawTracepoint => Some((
+                programs::SYS_ENTER_RAW_EMPTY,
+                programs::SYS_EXIT_RAW_EMPTY,
+                true,
+            )),
+            SyscallHook::EmptyTracepoint => Some((
+                programs::SYS_ENTER_TP_EMPTY,
+                programs::SYS_EXIT_TP_EMPTY,
+                false,
+            )),
+            SyscallHook::ClockRawTracepoint => Some((
+                programs::SYS_ENTER_RAW_CLOCK,
+                programs::SYS_EXIT_RAW_CLOCK,
+                true,
+            )),
             SyscallHook::Off => None,
         };
         if let Some((enter, exit, raw)) = syscall_programs {
@@ -348,31 +414,51 @@ impl Capture {
         if config.tcp {
             attach_tp(
                 &mut ebpf,
-                "sock_set_state_tcp",
+                programs::SOCK_SET_STATE_TCP,
                 "sock",
                 "inet_sock_set_state",
             )?;
-            attach_tp(&mut ebpf, "tcp_retransmit_skb", "tcp", "tcp_retransmit_skb")?;
-            attach_tp(&mut ebpf, "tcp_receive_reset", "tcp", "tcp_receive_reset")?;
             attach_tp(
                 &mut ebpf,
-                "tcp_retransmit_synack",
+                programs::TCP_RETRANSMIT_SKB,
+                "tcp",
+                "tcp_retransmit_skb",
+            )?;
+            attach_tp(
+                &mut ebpf,
+                programs::TCP_RECEIVE_RESET,
+                "tcp",
+                "tcp_receive_reset",
+            )?;
+            attach_tp(
+                &mut ebpf,
+                programs::TCP_RETRANSMIT_SYNACK,
                 "tcp",
                 "tcp_retransmit_synack",
             )?;
             // The owner of an accepted connection whose listener kspan did not see listen.
-            attach_tp(&mut ebpf, "sock_send_length", "sock", "sock_send_length")?;
-            attach_tp(&mut ebpf, "sock_recv_length", "sock", "sock_recv_length")?;
+            attach_tp(
+                &mut ebpf,
+                programs::SOCK_SEND_LENGTH,
+                "sock",
+                "sock_send_length",
+            )?;
+            attach_tp(
+                &mut ebpf,
+                programs::SOCK_RECV_LENGTH,
+                "sock",
+                "sock_recv_length",
+            )?;
         }
 
-        let ring = take_map(&mut ebpf, "EVENTS", RingBuf::try_from)?;
-        let counters = take_map(&mut ebpf, "COUNTERS", PerCpuArray::try_from)?;
-        let syscall_hist = take_map(&mut ebpf, "SYSCALL_HIST", PerCpuArray::try_from)?;
-        let syscall_errors = take_map(&mut ebpf, "SYSCALL_ERRORS", PerCpuArray::try_from)?;
-        let syscall_seen = take_map(&mut ebpf, "SYSCALL_SEEN", Array::try_from)?;
-        let runtime = take_map(&mut ebpf, "RUNTIME", Array::try_from)?;
-        let tcp_hist = take_map(&mut ebpf, "TCP_HIST", PerCpuArray::try_from)?;
-        let proc_hist = take_map(&mut ebpf, "PROC_HIST_MAP", PerCpuHashMap::try_from)?;
+        let ring = take_map(&mut ebpf, maps::EVENTS, RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, maps::COUNTERS, PerCpuArray::try_from)?;
+        let syscall_hist = take_map(&mut ebpf, maps::SYSCALL_HIST, PerCpuArray::try_from)?;
+        let syscall_errors = take_map(&mut ebpf, maps::SYSCALL_ERRORS, PerCpuArray::try_from)?;
+        let syscall_seen = take_map(&mut ebpf, maps::SYSCALL_SEEN, Array::try_from)?;
+        let runtime = take_map(&mut ebpf, maps::RUNTIME, Array::try_from)?;
+        let tcp_hist = take_map(&mut ebpf, maps::TCP_HIST, PerCpuArray::try_from)?;
+        let proc_hist = take_map(&mut ebpf, maps::PROC_HIST_MAP, PerCpuHashMap::try_from)?;
         Ok(Capture {
             ebpf: Some(ebpf),
             ring,
@@ -401,8 +487,8 @@ impl Capture {
     fn fill_filters(ebpf: &mut Ebpf, config: &CaptureConfig) -> Result<(), CaptureError> {
         if !config.pids.is_empty() {
             let map = ebpf
-                .map_mut("FILTER_PIDS")
-                .ok_or_else(|| missing("FILTER_PIDS"))?;
+                .map_mut(maps::FILTER_PIDS)
+                .ok_or_else(|| missing(maps::FILTER_PIDS))?;
             let mut pids: HashMap<_, u32, u8> =
                 HashMap::try_from(map).map_err(|e| classify("opening FILTER_PIDS", e))?;
             for pid in &config.pids {
@@ -412,8 +498,8 @@ impl Capture {
         }
         if !config.comms.is_empty() {
             let map = ebpf
-                .map_mut("FILTER_COMMS")
-                .ok_or_else(|| missing("FILTER_COMMS"))?;
+                .map_mut(maps::FILTER_COMMS)
+                .ok_or_else(|| missing(maps::FILTER_COMMS))?;
             let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
                 HashMap::try_from(map).map_err(|e| classify("opening FILTER_COMMS", e))?;
             for comm in &config.comms {
@@ -424,8 +510,8 @@ impl Capture {
         }
         if !config.syscalls.is_empty() {
             let map = ebpf
-                .map_mut("FILTER_SYSCALLS")
-                .ok_or_else(|| missing("FILTER_SYSCALLS"))?;
+                .map_mut(maps::FILTER_SYSCALLS)
+                .ok_or_else(|| missing(maps::FILTER_SYSCALLS))?;
             let mut set: Array<_, u32> =
                 Array::try_from(map).map_err(|e| classify("opening FILTER_SYSCALLS", e))?;
             for &nr in &config.syscalls {
@@ -656,4 +742,34 @@ fn attach_tp(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<
         )
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names userspace uses (agent_common's constants) are the ones in the object: a
+    /// renamed static or program fails here, not at load time on a user's host.
+    #[test]
+    fn shared_names_exist_in_the_ebpf_object() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the eBPF object parses");
+        for m in maps::ALL {
+            assert!(obj.maps.contains_key(*m), "map {m} not in the object");
+        }
+        for p in programs::ALL {
+            assert!(
+                obj.programs.contains_key(*p),
+                "program {p} not in the object"
+            );
+        }
+        // Globals are symbols: their names are in the ELF string table, NUL-terminated.
+        for g in globals::ALL {
+            let sym = [g.as_bytes(), b"\0"].concat();
+            assert!(
+                EBPF_OBJECT.windows(sym.len()).any(|w| w == sym.as_slice()),
+                "global {g} not in the object"
+            );
+        }
+        assert!(!obj.maps.contains_key("NO_SUCH_MAP"));
+    }
 }
