@@ -4,7 +4,7 @@
 //! Run as root, one at a time: `cargo test -p agent --test hist -- --test-threads=1`.
 use std::{
     io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -12,44 +12,25 @@ use serde_json::Value;
 
 mod common;
 
-use common::{kill_kspan, require_root, stop_kspan, Trigger, KSPAN};
+use common::{require_root, KspanProc, Trigger, KSPAN};
 
 /// A running `kspan hist --json ...` (cumulative), stopped with SIGTERM.
-struct Hist {
-    child: Child,
-}
+struct Hist(KspanProc);
 
 impl Hist {
     fn start(args: &[&str]) -> Hist {
-        let mut child = Command::new(KSPAN)
-            .args(["hist", "--json", "--cumulative", "--interval", "200ms"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kspan hist");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("measuring"),
-            "kspan hist did not start: {line}"
-        );
-        Hist { child }
+        let mut cmd = Command::new(KSPAN);
+        cmd.args(["hist", "--json", "--cumulative", "--interval", "200ms"])
+            .args(args);
+        Hist(KspanProc::start(cmd, "measuring"))
     }
 
     /// Stops and returns the last document.
     fn stop(mut self) -> Value {
         std::thread::sleep(Duration::from_millis(600));
-        let out = stop_kspan(&mut self.child, libc::SIGTERM);
+        let out = self.0.stop(libc::SIGTERM);
         let last = out.lines().last().expect("at least one document");
         serde_json::from_str(last).expect("JSON document")
-    }
-}
-
-impl Drop for Hist {
-    fn drop(&mut self) {
-        kill_kspan(&mut self.child);
     }
 }
 

@@ -3,8 +3,7 @@
 //! Run as root, one at a time (they share kernel state):
 //! `cargo test -p agent --test kernel -- --test-threads=1`.
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -12,44 +11,23 @@ use serde_json::Value;
 
 mod common;
 
-use common::{kill_kspan, require_root, stop_kspan, Trigger, KSPAN};
+use common::{free_port, loaded_prog_ids, prog_ids_of, require_root, KspanProc, Trigger, KSPAN};
 
 /// A running `kspan events`.
-struct Kspan {
-    child: Child,
-}
+struct Kspan(KspanProc);
 
 impl Kspan {
     fn start(args: &[&str]) -> Kspan {
-        let mut child = Command::new(KSPAN)
-            .arg("events")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kspan");
-        // Wait for the programs to be attached.
-        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("kspan stderr");
-        assert!(line.contains("tracing"), "kspan did not start: {line}{}", {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            rest
-        });
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = stderr.read_to_string(&mut rest);
-            eprint!("{rest}");
-        });
-        Kspan { child }
+        let mut cmd = Command::new(KSPAN);
+        cmd.arg("events").args(args);
+        Kspan(KspanProc::start(cmd, "tracing"))
     }
 
     /// Stops with SIGINT; returns (events, summary).
     fn stop(mut self) -> (Vec<Value>, Value) {
         // Let the 10 ms drain timer pick up the last events before the signal.
         std::thread::sleep(Duration::from_millis(50));
-        let out = stop_kspan(&mut self.child, libc::SIGINT);
+        let out = self.0.stop(libc::SIGINT);
         let mut events: Vec<Value> = out
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
@@ -57,12 +35,6 @@ impl Kspan {
         let summary = events.pop().expect("summary line");
         assert_eq!(summary["kind"], "summary");
         (events, summary)
-    }
-}
-
-impl Drop for Kspan {
-    fn drop(&mut self) {
-        kill_kspan(&mut self.child);
     }
 }
 
@@ -232,14 +204,6 @@ impl Drop for HoldBackAcks {
             .args(["delete", "table", "inet", &self.table])
             .status();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// The accept event carries the server's view of the handshake: with the final ACK held
@@ -519,52 +483,39 @@ fn in_kernel_histograms_count_exactly() {
 }
 
 /// Names (as bpftool shows them, at most 15 bytes) of kspan's programs still loaded.
-fn kspan_programs_loaded() -> usize {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .expect("bpftool (KSPAN_SETUP_TEST=1 scripts/setup installs it)");
-    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    progs
-        .iter()
-        .filter(|p| {
-            let n = p["name"].as_str().unwrap_or("");
-            [
-                "sys_enter_raw",
-                "sys_exit_raw",
-                "sock_set_state_",
-                "tcp_retransmit_",
-                "tcp_receive_res",
-            ]
-            .iter()
-            .any(|k| n.starts_with(k))
-        })
-        .count()
-}
-
-fn wait_unloaded() -> usize {
-    let t0 = Instant::now();
-    loop {
-        let n = kspan_programs_loaded();
-        if n == 0 || t0.elapsed() > Duration::from_secs(5) {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Nothing stays attached after a clean stop (SIGTERM) or a crash (SIGKILL).
 #[test]
 fn programs_are_gone_after_exit_and_after_a_crash() {
     require_root();
-    assert_eq!(wait_unloaded(), 0, "kspan programs loaded before the test");
     for signal in [libc::SIGTERM, libc::SIGKILL] {
         let k = Kspan::start(&["--comm", "nothing-here"]);
-        let loaded = kspan_programs_loaded();
-        assert!(loaded >= 5, "{loaded} kspan programs while running");
+        // Only this kspan's programs count: another agent on the host is not our business.
+        let ours = prog_ids_of(k.0.pid());
+        assert!(ours.len() >= 5, "{ours:?}: kspan's programs while running");
+        let loaded = loaded_prog_ids();
+        assert!(
+            ours.iter().all(|id| loaded.contains(id)),
+            "{ours:?} {loaded:?}"
+        );
         // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(k.child.id() as i32, signal) };
+        unsafe { libc::kill(k.0.pid() as i32, signal) };
         drop(k);
-        assert_eq!(wait_unloaded(), 0, "programs left after signal {signal}");
+        let t0 = Instant::now();
+        let left = loop {
+            let loaded = loaded_prog_ids();
+            let left: Vec<u64> = ours
+                .iter()
+                .copied()
+                .filter(|id| loaded.contains(id))
+                .collect();
+            if left.is_empty() || t0.elapsed() > Duration::from_secs(5) {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            left.is_empty(),
+            "programs {left:?} left after signal {signal}"
+        );
     }
 }

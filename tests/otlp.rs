@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{kill_kspan, require_root, stop_kspan, venv_bin, Trigger, KSPAN};
+use common::{free_port, require_root, venv_bin, KspanProc, Trigger, KSPAN};
 
 /// The Python OTLP receiver; collects every span it decodes.
 struct Receiver {
@@ -100,10 +100,7 @@ impl Drop for Receiver {
 }
 
 /// A running `kspan run`.
-struct Run {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
+struct Run(KspanProc);
 
 impl Run {
     fn start(args: &[&str]) -> Run {
@@ -111,62 +108,29 @@ impl Run {
     }
 
     fn start_env(args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut child = Command::new(KSPAN)
-            .arg("run")
+        let mut cmd = Command::new(KSPAN);
+        cmd.arg("run")
             .args(args)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kspan run");
-        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        loop {
-            let mut line = String::new();
-            if err.read_line(&mut line).expect("kspan stderr") == 0 {
-                let _ = child.wait();
-                panic!(
-                    "kspan run did not start:\n{}",
-                    stderr.lock().unwrap().join("")
-                );
-            }
-            stderr.lock().unwrap().push(line.clone());
-            if line.contains("tracing (programs attached)") {
-                break;
-            }
-        }
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Run { child, stderr }
+            .envs(env.iter().copied());
+        Run(KspanProc::start(cmd, "tracing (programs attached)"))
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// SIGTERM, wait; returns the summary and stdout.
     fn stop(mut self) -> (Value, String) {
         std::thread::sleep(Duration::from_millis(50));
-        let out = stop_kspan(&mut self.child, libc::SIGTERM);
+        let out = self.0.stop(libc::SIGTERM);
         std::thread::sleep(Duration::from_millis(100));
-        let lines = self.stderr.lock().unwrap().clone();
+        let lines = self.0.stderr.lock().unwrap().clone();
         let summary = lines
             .iter()
             .find_map(|l| l.trim().strip_prefix("kspan: summary "))
             .unwrap_or_else(|| panic!("no summary line in:\n{}", lines.join("\n")));
         (serde_json::from_str(summary).expect("summary JSON"), out)
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        kill_kspan(&mut self.child);
     }
 }
 
@@ -181,14 +145,6 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     s.read_to_string(&mut body).unwrap();
     let code = body[9..12].parse().unwrap();
     (code, body)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn by_name<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
@@ -441,29 +397,10 @@ fn stdout_is_the_default_exporter() {
             run.env_remove(k);
         }
     }
-    let child = run
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut kspan = Run {
-        child,
-        stderr: Default::default(),
-    };
-    let mut err = BufReader::new(kspan.child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("tracing") {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "kspan did not start");
-        assert!(!line.contains("error"), "{line}");
-    }
-    assert!(line.contains("stdout (OTLP JSON lines)"), "{line}");
-    let sink = kspan.stderr.clone();
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
+    let kspan = Run(KspanProc::start(run, "tracing"));
+    let started = kspan.0.stderr_text();
+    assert!(!started.contains("error"), "{started}");
+    assert!(started.contains("stdout (OTLP JSON lines)"), "{started}");
     let r = trigger.go();
     let (summary, out) = kspan.stop();
     let mut found = false;
@@ -845,7 +782,7 @@ fn where_spans_go_is_said() {
         &["--no-syscalls", "--no-tcp", "--metrics-addr", ""],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")],
     );
-    let started = run.stderr.lock().unwrap().join("");
+    let started = run.0.stderr_text();
     assert!(
         started.contains(
             "spans to OTLP HTTP/protobuf to http://127.0.0.1:1/v1/traces (from OTEL_EXPORTER_OTLP_ENDPOINT)"
@@ -1224,7 +1161,7 @@ fn overhead_governor_engages_under_a_flood() {
         .find_map(|l| l.strip_prefix("kspan_governor_min_duration_seconds "))
         .and_then(|v| v.trim().parse().ok())
         .expect("governor gauge");
-    let stderr = run.stderr.lock().unwrap().join("\n");
+    let stderr = run.0.stderr.lock().unwrap().join("\n");
     let (summary, _) = run.stop();
     eprintln!("agent CPU {cpu_pct:.1}% with min duration {governed}s; {summary}");
     assert!(governed > 0.0, "the governor raised the minimum duration");

@@ -3,6 +3,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{Arc, Mutex},
 };
 
 use serde_json::Value;
@@ -42,6 +43,111 @@ pub fn stop_kspan(child: &mut Child, signal: i32) -> String {
 pub fn kill_kspan(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A kspan child process: started, ready once a line of its stderr contains a marker, its
+/// stderr kept (and echoed for the test's log), stopped with a signal, killed on drop (a
+/// failed assertion must not leave it attached).
+pub struct KspanProc {
+    pub child: Child,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl KspanProc {
+    /// Spawns `cmd` (a `Command::new(KSPAN)` with its arguments) and waits for `ready`.
+    pub fn start(mut cmd: Command, ready: &str) -> KspanProc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kspan");
+        let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).expect("kspan stderr") == 0 {
+                let _ = child.wait();
+                panic!(
+                    "kspan did not start (no {ready:?} on stderr):\n{}",
+                    stderr.lock().unwrap().join("")
+                );
+            }
+            stderr.lock().unwrap().push(line.clone());
+            if line.contains(ready) {
+                break;
+            }
+        }
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        KspanProc { child, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("")
+    }
+
+    /// Sends `signal`, reads its stdout to the end, checks it exited 0; returns stdout.
+    pub fn stop(&mut self, signal: i32) -> String {
+        stop_kspan(&mut self.child, signal)
+    }
+}
+
+impl Drop for KspanProc {
+    fn drop(&mut self) {
+        kill_kspan(&mut self.child);
+    }
+}
+
+/// Ids of the BPF programs a process holds (from its fds' /proc fdinfo `prog_id`), so a test
+/// counts only what its own kspan loaded, whatever else runs on the host.
+pub fn prog_ids_of(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        if let Ok(info) = std::fs::read_to_string(fd.path()) {
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Ids of every BPF program loaded in the kernel (bpftool).
+pub fn loaded_prog_ids() -> std::collections::HashSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool (KSPAN_SETUP_TEST=1 scripts/setup installs it)");
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs.iter().filter_map(|p| p["id"].as_u64()).collect()
 }
 
 pub fn triggers_py() -> String {

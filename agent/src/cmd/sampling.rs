@@ -7,7 +7,8 @@ use serde::Deserialize;
 use crate::{
     config::{Config, ConfigError},
     sampling::{
-        simulate, AttrValue, Decider, Pipeline, Randomness, SamplingConfig, SpanView, Threshold,
+        simulate, AttrValueOwned, Decider, Pipeline, PlainSpan, Randomness, SamplingConfig,
+        Threshold,
     },
 };
 
@@ -103,63 +104,20 @@ struct SpanJson {
     trace_id: Option<String>,
 }
 
-struct ExplainSpan {
-    name: String,
-    kind: i64,
-    status: i64,
-    duration: u64,
-    trace_id: [u8; 16],
-    attributes: HashMap<String, serde_json::Value>,
-    resource: HashMap<String, serde_json::Value>,
-    service: String,
-}
-
-fn json_attr(v: &serde_json::Value) -> Option<AttrValue<'_>> {
+/// A JSON attribute value as a sampler sees it.
+fn json_attr(v: &serde_json::Value) -> Option<AttrValueOwned> {
     match v {
-        serde_json::Value::String(s) => Some(AttrValue::Str(s)),
-        serde_json::Value::Bool(b) => Some(AttrValue::Bool(*b)),
+        serde_json::Value::String(s) => Some(AttrValueOwned::Str(s.clone())),
+        serde_json::Value::Bool(b) => Some(AttrValueOwned::Bool(*b)),
         serde_json::Value::Number(n) => n
             .as_i64()
-            .map(AttrValue::Int)
-            .or_else(|| n.as_f64().map(AttrValue::Float)),
+            .map(AttrValueOwned::Int)
+            .or_else(|| n.as_f64().map(AttrValueOwned::Float)),
         _ => None,
     }
 }
 
-impl SpanView for ExplainSpan {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn kind_code(&self) -> i64 {
-        self.kind
-    }
-    fn status_code(&self) -> i64 {
-        self.status
-    }
-    fn duration_ns(&self) -> u64 {
-        self.duration
-    }
-    fn end_unix_ns(&self) -> u64 {
-        crate::clock::unix_now_ns()
-    }
-    fn trace_id(&self) -> [u8; 16] {
-        self.trace_id
-    }
-    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        self.attributes.get(key).and_then(json_attr)
-    }
-    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        self.resource.get(key).and_then(json_attr)
-    }
-    fn service_name(&self) -> &str {
-        &self.service
-    }
-    fn size_estimate(&self) -> u64 {
-        200
-    }
-}
-
-fn parse_span(text: &str) -> Result<ExplainSpan, SamplingCmdError> {
+fn parse_span(text: &str) -> Result<PlainSpan, SamplingCmdError> {
     let j: SpanJson =
         serde_json::from_str(text).map_err(|e| SamplingCmdError::Span(e.to_string()))?;
     let code = |v: &Option<serde_json::Value>,
@@ -232,16 +190,22 @@ fn parse_span(text: &str) -> Result<ExplainSpan, SamplingCmdError> {
         .and_then(|v| v.as_str())
         .unwrap_or("unknown_service")
         .to_string();
-    Ok(ExplainSpan {
+    let owned = |m: HashMap<String, serde_json::Value>| -> HashMap<String, AttrValueOwned> {
+        m.iter()
+            .filter_map(|(k, v)| json_attr(v).map(|v| (k.clone(), v)))
+            .collect()
+    };
+    // Trace id given or not, the rule stage's answer is the same.
+    Ok(PlainSpan {
         name: j.name,
         kind,
         status,
         duration,
+        end: crate::clock::unix_now_ns(),
         trace_id,
-        attributes: j.attributes,
-        resource: j.resource,
+        attrs: owned(j.attributes),
+        res: owned(j.resource),
         service,
-        // trace id given or not, the rule stage's answer is the same
     })
 }
 

@@ -15,6 +15,8 @@ pub mod rules;
 pub mod simulate;
 pub mod threshold;
 
+use std::collections::HashMap;
+
 use opentelemetry::{trace::SpanKind, KeyValue};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +77,106 @@ pub fn kind_code(k: &SpanKind) -> i64 {
         SpanKind::Client => 3,
         SpanKind::Producer => 4,
         SpanKind::Consumer => 5,
+    }
+}
+
+/// An owned attribute value, for spans made from data (tests, simulations, `sampling explain`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValueOwned {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl AttrValueOwned {
+    fn view(&self) -> AttrValue<'_> {
+        match self {
+            AttrValueOwned::Str(s) => AttrValue::Str(s),
+            AttrValueOwned::Int(i) => AttrValue::Int(*i),
+            AttrValueOwned::Float(f) => AttrValue::Float(*f),
+            AttrValueOwned::Bool(b) => AttrValue::Bool(*b),
+        }
+    }
+}
+
+/// A span given as plain data: what `kspan sampling explain --span` parses, and what the
+/// sampler tests build.
+#[derive(Debug, Clone)]
+pub struct PlainSpan {
+    pub name: String,
+    /// OTLP span kind number.
+    pub kind: i64,
+    /// OTLP status code.
+    pub status: i64,
+    pub duration: u64,
+    /// End time, unix ns.
+    pub end: u64,
+    pub trace_id: [u8; 16],
+    pub attrs: HashMap<String, AttrValueOwned>,
+    pub res: HashMap<String, AttrValueOwned>,
+    pub service: String,
+}
+
+impl PlainSpan {
+    pub fn new(name: &str, kind: i64, status: i64, duration: u64) -> PlainSpan {
+        PlainSpan {
+            name: name.into(),
+            kind,
+            status,
+            duration,
+            end: 0,
+            trace_id: [0; 16],
+            attrs: HashMap::new(),
+            res: HashMap::new(),
+            service: "svc".into(),
+        }
+    }
+
+    pub fn attr(mut self, k: &str, v: AttrValueOwned) -> Self {
+        self.attrs.insert(k.into(), v);
+        self
+    }
+
+    pub fn resource(mut self, k: &str, v: &str) -> Self {
+        self.res.insert(k.into(), AttrValueOwned::Str(v.into()));
+        if k == "service.name" {
+            self.service = v.into();
+        }
+        self
+    }
+}
+
+impl SpanView for PlainSpan {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind_code(&self) -> i64 {
+        self.kind
+    }
+    fn status_code(&self) -> i64 {
+        self.status
+    }
+    fn duration_ns(&self) -> u64 {
+        self.duration
+    }
+    fn end_unix_ns(&self) -> u64 {
+        self.end
+    }
+    fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.attrs.get(key).map(AttrValueOwned::view)
+    }
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.res.get(key).map(AttrValueOwned::view)
+    }
+    fn service_name(&self) -> &str {
+        &self.service
+    }
+    fn size_estimate(&self) -> u64 {
+        200
     }
 }
 
@@ -340,90 +442,5 @@ pub fn annotate(span: &mut opentelemetry_sdk::trace::SpanData, o: &Outcome, deci
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum AttrValueOwned {
-        Str(String),
-        Int(i64),
-    }
-
-    /// A span for sampler tests and simulations.
-    #[derive(Debug, Clone)]
-    pub struct TestSpan {
-        pub name: String,
-        pub kind: i64,
-        pub status: i64,
-        pub duration: u64,
-        pub end: u64,
-        pub trace_id: [u8; 16],
-        pub attrs: HashMap<String, AttrValueOwned>,
-        pub res: HashMap<String, String>,
-        pub service: String,
-    }
-
-    impl TestSpan {
-        pub fn new(name: &str, kind: i64, status: i64, duration: u64) -> TestSpan {
-            TestSpan {
-                name: name.into(),
-                kind,
-                status,
-                duration,
-                end: 0,
-                trace_id: [0; 16],
-                attrs: HashMap::new(),
-                res: HashMap::new(),
-                service: "svc".into(),
-            }
-        }
-        pub fn attr(mut self, k: &str, v: AttrValueOwned) -> Self {
-            self.attrs.insert(k.into(), v);
-            self
-        }
-        pub fn resource(mut self, k: &str, v: &str) -> Self {
-            self.res.insert(k.into(), v.into());
-            if k == "service.name" {
-                self.service = v.into();
-            }
-            self
-        }
-    }
-
-    impl SpanView for TestSpan {
-        fn name(&self) -> &str {
-            &self.name
-        }
-        fn kind_code(&self) -> i64 {
-            self.kind
-        }
-        fn status_code(&self) -> i64 {
-            self.status
-        }
-        fn duration_ns(&self) -> u64 {
-            self.duration
-        }
-        fn end_unix_ns(&self) -> u64 {
-            self.end
-        }
-        fn trace_id(&self) -> [u8; 16] {
-            self.trace_id
-        }
-        fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-            self.attrs.get(key).map(|v| match v {
-                AttrValueOwned::Str(s) => AttrValue::Str(s),
-                AttrValueOwned::Int(i) => AttrValue::Int(*i),
-            })
-        }
-        fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-            self.res.get(key).map(|s| AttrValue::Str(s))
-        }
-        fn service_name(&self) -> &str {
-            &self.service
-        }
-        fn size_estimate(&self) -> u64 {
-            200
-        }
-    }
+    pub use super::{AttrValueOwned, PlainSpan as TestSpan};
 }
