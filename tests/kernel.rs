@@ -87,15 +87,15 @@ fn sleep_20ms_gives_event_with_tid_and_duration() {
 }
 
 #[test]
-fn openat_missing_path_is_enoent() {
+fn openat_through_a_file_is_enotdir() {
     let (_, events, _) = run_trigger("openat", None, &[]);
     let opens: Vec<_> = syscalls_named(&events, &["openat"])
         .into_iter()
-        .filter(|e| e["errno"] == "ENOENT")
+        .filter(|e| e["errno"] == "ENOTDIR")
         .collect();
     assert!(!opens.is_empty(), "no failed openat in {events:?}");
     let last = opens.last().expect("openat");
-    assert_eq!(last["ret"], -2);
+    assert_eq!(last["ret"], -20);
 }
 
 #[test]

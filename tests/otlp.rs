@@ -242,14 +242,15 @@ fn story_over(protocol: &str) {
     assert_eq!(sleep["parent_span_id"], "");
     assert_eq!(sleep["status_code"], 0);
 
-    // Failed open: status Error, error.type ENOENT.
+    // Failed open: status Error, error.type ENOTDIR.
     let open = spans
         .iter()
-        .find(|s| s["name"] == "openat" && s["attributes"]["kspan.syscall.return"] == -2)
+        .find(|s| s["name"] == "openat" && s["attributes"]["kspan.syscall.return"] == -20)
         .expect("failed openat span");
     assert_eq!(open["status_code"], 2);
-    assert_eq!(open["status_message"], "ENOENT");
-    assert_eq!(open["attributes"]["error.type"], "ENOENT");
+    assert_eq!(open["status_message"], "ENOTDIR");
+    assert_eq!(open["attributes"]["error.type"], "ENOTDIR");
+    assert_eq!(open["attributes"]["kspan.syscall.errno"], 20);
 
     // Connect: CLIENT span with peer and local ends.
     let connect = one(&spans, "connect span", |s| s["name"] == "tcp connect");
@@ -415,7 +416,7 @@ fn stdout_is_the_default_exporter() {
                 .collect();
             assert_eq!(attrs["process.pid"]["intValue"], pid);
             for s in rs["scopeSpans"][0]["spans"].as_array().unwrap() {
-                if s["name"] == "openat" && s["status"]["message"] == "ENOENT" {
+                if s["name"] == "openat" && s["status"]["message"] == "ENOTDIR" {
                     assert_eq!(s["traceId"].as_str().unwrap().len(), 32);
                     assert_eq!(s["status"]["code"], 2);
                     found = true;
@@ -839,7 +840,7 @@ sampling:
     assert!(errors.len() as u64 >= ticks, "every failed open kept");
     for e in &errors {
         assert_eq!(e["attributes"]["kspan.sampling.rule"], "errors");
-        assert_eq!(e["trace_state"], "", "100 % writes no th");
+        assert_eq!(e["trace_state"], "ot=th:0", "kept with probability 1: th:0");
     }
     for s in &sleeps {
         assert_eq!(s["attributes"]["kspan.sampling.rule"], "default");
@@ -1359,4 +1360,87 @@ fn servers_started_before_kspan_own_their_accepts() {
     }
     let _ = py.kill();
     let _ = py.wait();
+}
+
+/// Normal failing calls (readlink EINVAL, stat ENOENT) are expected outcomes: decided in the
+/// kernel, they never become spans while fast; genuine failures (ENOTDIR) stay errors; a slow
+/// expected one (a 30 ms lock wait that times out) is a span with status Unset that keeps
+/// error.type. With `capture.expected_errors: {}` every failure is an error span again.
+#[test]
+fn expected_failures_are_not_errors() {
+    require_root();
+    const N: usize = 2000;
+    let dir = std::env::temp_dir().join(format!("kspan-expected-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all_errors = dir.join("all-errors.yaml");
+    std::fs::write(&all_errors, "capture:\n  expected_errors: {}\n").unwrap();
+    for table_on in [true, false] {
+        let rx = Receiver::start(0, 0);
+        let trigger = Trigger::spawn("expected", Some(N as u64));
+        let pid = trigger.pid().to_string();
+        let endpoint = format!("http://127.0.0.1:{}", rx.grpc_port);
+        let mut args = vec![
+            "--pid",
+            &pid,
+            "--min-duration",
+            "10ms",
+            "--endpoint",
+            &endpoint,
+            "--protocol",
+            "grpc",
+            "--batch-timeout",
+            "100ms",
+            "--metrics-addr",
+            "",
+        ];
+        if !table_on {
+            args.extend(["--config", all_errors.to_str().unwrap()]);
+        }
+        let run = Run::start(&args);
+        let r = trigger.go();
+        let spans = rx.wait_for("the lock wait's span", |s| {
+            s.iter().any(|v| {
+                v["name"] == "futex"
+                    && v["attributes"]["thread.id"] == r["tid"]
+                    && v["end"].as_u64().unwrap() - v["start"].as_u64().unwrap() >= 25_000_000
+            })
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let spans = rx.spans().len().max(spans.len());
+        let spans = &rx.spans()[..spans];
+        let (summary, _) = run.stop();
+        let named = |n: &str| spans.iter().filter(|v| v["name"] == n).count();
+        let notdir: Vec<&Value> = spans
+            .iter()
+            .filter(|v| v["name"] == "openat" && v["attributes"]["error.type"] == "ENOTDIR")
+            .collect();
+        assert_eq!(notdir.len(), 3, "genuine failures");
+        assert!(notdir.iter().all(|v| v["status_code"] == 2));
+        let wait = spans
+            .iter()
+            .find(|v| {
+                v["name"] == "futex"
+                    && v["attributes"]["error.type"] == "ETIMEDOUT"
+                    && v["attributes"]["thread.id"] == r["tid"]
+            })
+            .expect("the timed-out lock wait");
+        assert_eq!(wait["attributes"]["kspan.syscall.errno"], 110);
+        if table_on {
+            assert_eq!(named("readlink"), 0, "readlink EINVAL is expected");
+            assert_eq!(named("newfstatat") + named("stat") + named("statx"), 0);
+            assert_eq!(wait["status_code"], 0, "{wait}");
+            assert_eq!(wait["attributes"]["kspan.syscall.expected_error"], true);
+            // Nothing crossed the ring buffer for the 4,000 fast expected failures.
+            assert!(summary["events"].as_u64().unwrap() < 100, "{summary}");
+        } else {
+            assert_eq!(
+                named("readlink"),
+                N,
+                "every readlink EINVAL is an error span"
+            );
+            assert!(named("newfstatat") + named("stat") + named("statx") >= N);
+            assert_eq!(wait["status_code"], 2, "{wait}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

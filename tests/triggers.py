@@ -28,10 +28,12 @@ def sleep_thread():
 
 
 def openat_missing():
-    path = "/nonexistent/kspan-test-%d" % os.getpid()
+    """A genuinely failed open: a path through a regular file (ENOTDIR). (ENOENT would be an
+    expected outcome, path probing, which kspan run does not report as an error.)"""
+    path = "%s/kspan-test-%d" % (os.path.abspath(__file__), os.getpid())
     try:
         os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except NotADirectoryError:
         pass
     return {"path": path}
 
@@ -147,13 +149,14 @@ def story():
 
 
 def ticker(seconds):
-    """A failed openat every 5 ms for `seconds`: a steady stream of error spans."""
+    """A failed openat (ENOTDIR) every 5 ms for `seconds`: a steady stream of error spans."""
     n = 0
     end = time.monotonic() + seconds
+    path = os.path.abspath(__file__) + "/kspan-tick"
     while time.monotonic() < end:
         try:
-            os.open("/nonexistent/kspan-tick", os.O_RDONLY)
-        except FileNotFoundError:
+            os.open(path, os.O_RDONLY)
+        except NotADirectoryError:
             pass
         n += 1
         time.sleep(0.005)
@@ -174,6 +177,34 @@ def sleep_mix(n):
         for s in (0.00035, 0.003, 0.010, 0.040):
             time.sleep(s)
     return {"n": 4 * n}
+
+
+def expected(n):
+    """n each of normal failing calls (readlink of a regular file: EINVAL; stat of a missing
+    file: ENOENT), 3 genuine failures (open through a regular file: ENOTDIR), and one 30 ms
+    lock wait that times out (futex ETIMEDOUT)."""
+    me = os.path.abspath(__file__)
+    for i in range(n):
+        try:
+            os.readlink(me)
+        except OSError:
+            pass
+        try:
+            os.stat("/nonexistent-kspan/%d" % i)
+        except FileNotFoundError:
+            pass
+    for _ in range(3):
+        try:
+            os.open(me + "/x", os.O_RDONLY)
+        except NotADirectoryError:
+            pass
+    lock = threading.Lock()
+    lock.acquire()
+    out = {"tid": threading.get_native_id()}
+    t0 = time.monotonic()
+    assert not lock.acquire(timeout=0.030)
+    out["wait_ms"] = (time.monotonic() - t0) * 1000
+    return out
 
 
 def getppid(n):
@@ -211,6 +242,8 @@ def main():
         out = sleeps(arg)
     elif action == "sleep_mix":
         out = sleep_mix(arg)
+    elif action == "expected":
+        out = expected(arg)
     elif action == "getppid":
         out = getppid(arg)
     else:

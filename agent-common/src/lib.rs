@@ -103,6 +103,14 @@ pub const TCP_FLAG_PASSIVE: u32 = 4;
 /// kernel took no RTT sample), so `duration_ns` is 0.
 pub const TCP_FLAG_HANDSHAKE_UNKNOWN: u32 = 8;
 
+/// `SyscallEvent` header flag: the call failed with an errno listed as an expected outcome of
+/// that syscall (EAGAIN on a non-blocking read, ENOENT while searching a path...). Such a
+/// call is reported only when slow, like a success, and its span keeps status Unset.
+pub const SYSCALL_FLAG_EXPECTED: u32 = 1;
+
+/// Errnos below this can be listed as expected outcomes (two u64 bit sets per syscall).
+pub const EXPECTED_ERRNO_LIMIT: u32 = 128;
+
 /// Indices into the per-CPU `COUNTERS` map. Every event the kernel side could not deliver or
 /// track is counted under one of these.
 #[repr(u32)]
@@ -171,6 +179,7 @@ pub mod maps {
     pub const FILTER_PIDS: &str = "FILTER_PIDS";
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
+    pub const EXPECTED_ERRNOS: &str = "EXPECTED_ERRNOS";
     pub const ALL: &[&str] = &[
         EVENTS,
         COUNTERS,
@@ -185,6 +194,7 @@ pub mod maps {
         FILTER_PIDS,
         FILTER_COMMS,
         FILTER_SYSCALLS,
+        EXPECTED_ERRNOS,
     ];
 }
 

@@ -1,9 +1,9 @@
 use agent_common::{
     log2_bucket, Counter, EventHeader, EventKind, ProcHistKey, SyscallData, SyscallEvent,
-    SyscallStart, TcpData, TcpEvent, COMM_LEN, COUNTERS_LEN, FILTER_CGROUP, FILTER_COMM,
-    FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS, TCP_FLAG_FAILED,
-    TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PASSIVE, TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT,
-    TCP_HIST_CONNECT,
+    SyscallStart, TcpData, TcpEvent, COMM_LEN, COUNTERS_LEN, EXPECTED_ERRNO_LIMIT, FILTER_CGROUP,
+    FILTER_COMM, FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS, SYSCALL_FLAG_EXPECTED,
+    TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PASSIVE, TCP_FLAG_PID_UNKNOWN,
+    TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -114,6 +114,11 @@ static TCP_HIST: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * HIST_BUCKE
 /// Selected tgids (FILTER_PID).
 #[map]
 static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Expected outcomes per syscall number: bit e of the pair is set when errno e is a normal
+/// result of that syscall (not a failure a user would call one). Filled by userspace.
+#[map]
+static EXPECTED_ERRNOS: Array<[u64; 2]> = Array::with_max_entries(MAX_SYSCALLS as u32, 0);
 
 /// Selected comms (FILTER_COMM).
 #[map]
@@ -338,7 +343,10 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     if setting_u32(&EMIT_SYSCALLS) == 0 {
         return;
     }
-    let failed = ret < 0 && setting_u32(&EMIT_FAILED) != 0;
+    // An expected outcome (EAGAIN, ENOENT while probing paths...) counts like a success: a
+    // flood of them never reaches the ring buffer unless the calls are slow.
+    let expected = ret < 0 && errno_expected(nr, ret);
+    let failed = ret < 0 && !expected && setting_u32(&EMIT_FAILED) != 0;
     let governed = RUNTIME.get(0).copied().unwrap_or(0);
     if duration < setting_u64(&MIN_DURATION_NS).max(governed) && !failed {
         return;
@@ -350,7 +358,7 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     entry.write(SyscallEvent {
         header: EventHeader {
             kind: EventKind::Syscall as u32,
-            flags: 0,
+            flags: if expected { SYSCALL_FLAG_EXPECTED } else { 0 },
             pid: (pid_tgid >> 32) as u32,
             tid,
             start_ns: start.ts,
@@ -372,6 +380,19 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     });
     entry.submit(submit_flags());
     count(Counter::Submitted);
+}
+
+/// Whether `-ret` is listed as an expected outcome of syscall `nr`.
+#[inline(always)]
+fn errno_expected(nr: u32, ret: i64) -> bool {
+    let errno = (-ret) as u64;
+    if errno >= EXPECTED_ERRNO_LIMIT as u64 {
+        return false;
+    }
+    match EXPECTED_ERRNOS.get(nr & (MAX_SYSCALLS as u32 - 1)) {
+        Some(bits) => bits[(errno >> 6) as usize & 1] & (1u64 << (errno & 63)) != 0,
+        None => false,
+    }
 }
 
 /// `raw_syscalls:sys_enter` raw tracepoint: args `(struct pt_regs *regs, long id)`.

@@ -8,8 +8,8 @@ use std::{
 
 use crate::btf::KernelOffsets;
 use agent_common::{
-    globals, maps, programs, Counter, ProcHistKey, COMM_LEN, FILTER_CGROUP, FILTER_COMM,
-    FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS,
+    globals, maps, programs, Counter, ProcHistKey, COMM_LEN, EXPECTED_ERRNO_LIMIT, FILTER_CGROUP,
+    FILTER_COMM, FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS,
 };
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -85,6 +85,10 @@ pub struct CaptureConfig {
     /// Wake the reader early when this many bytes wait in the ring buffer; `None`: a quarter
     /// of the ring buffer; `Some(0)`: never (timer only).
     pub wakeup_bytes: Option<u64>,
+    /// (syscall number, errno) pairs that are expected outcomes, not failures: reported
+    /// only when slow, flagged `SYSCALL_FLAG_EXPECTED`. Errnos must be below
+    /// `EXPECTED_ERRNO_LIMIT`.
+    pub expected_errnos: Vec<(u32, u32)>,
 }
 
 impl Default for CaptureConfig {
@@ -104,6 +108,7 @@ impl Default for CaptureConfig {
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             starts: StartsTable::Auto,
             wakeup_bytes: None,
+            expected_errnos: Vec::new(),
         }
     }
 }
@@ -506,6 +511,24 @@ impl Capture {
                 comms
                     .insert(comm_key(comm)?, 1, 0)
                     .map_err(|e| classify("filling the comm filter", e))?;
+            }
+        }
+        if !config.expected_errnos.is_empty() {
+            let map = ebpf
+                .map_mut(maps::EXPECTED_ERRNOS)
+                .ok_or_else(|| missing(maps::EXPECTED_ERRNOS))?;
+            let mut table: Array<_, [u64; 2]> =
+                Array::try_from(map).map_err(|e| classify("opening EXPECTED_ERRNOS", e))?;
+            let mut bits = std::collections::BTreeMap::<u32, [u64; 2]>::new();
+            for &(nr, errno) in &config.expected_errnos {
+                if (nr as usize) < MAX_SYSCALLS && errno < EXPECTED_ERRNO_LIMIT {
+                    bits.entry(nr).or_default()[(errno / 64) as usize] |= 1 << (errno % 64);
+                }
+            }
+            for (nr, b) in bits {
+                table
+                    .set(nr, b, 0)
+                    .map_err(|e| classify("filling the expected errnos", e))?;
             }
         }
         if !config.syscalls.is_empty() {

@@ -22,6 +22,19 @@ pub fn errno_name(errno: i32) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// Number of an errno name (`ENOENT` -> 2); `EWOULDBLOCK` is `EAGAIN`.
+pub fn errno_number(name: &str) -> Option<i32> {
+    let name = name.trim();
+    if name.eq_ignore_ascii_case("EWOULDBLOCK") {
+        return Some(libc::EAGAIN);
+    }
+    (1..4096).find(|&e| {
+        syscalls::Errno::new(e)
+            .name()
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    })
+}
+
 /// Syscalls whose first argument is a file descriptor.
 pub fn first_arg_is_fd(nr: u32) -> bool {
     use syscalls::Sysno::*;

@@ -13,8 +13,8 @@
 use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
 
 use agent_common::{
-    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
-    TCP_FLAG_PID_UNKNOWN,
+    EventHeader, EventKind, SyscallData, TcpData, SYSCALL_FLAG_EXPECTED, TCP_FLAG_FAILED,
+    TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PID_UNKNOWN,
 };
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
@@ -37,6 +37,10 @@ pub mod attr {
     pub const SYSCALL_NR: &str = "kspan.syscall.nr";
     /// Raw return value (negative errno on failure).
     pub const SYSCALL_RETURN: &str = "kspan.syscall.return";
+    /// errno of a failed syscall (positive).
+    pub const SYSCALL_ERRNO: &str = "kspan.syscall.errno";
+    /// true on a failed syscall whose errno is an expected outcome (status stays Unset).
+    pub const SYSCALL_EXPECTED_ERROR: &str = "kspan.syscall.expected_error";
     /// First argument of fd-based syscalls.
     pub const SYSCALL_FD: &str = "kspan.syscall.fd";
     /// cgroup v2 id of the task.
@@ -155,7 +159,14 @@ impl<R: FdResolver> SpanBuilder<R> {
         let status = if (-4095..0).contains(&d.ret) {
             let errno = names::errno_name(-d.ret as i32);
             attributes.push(KeyValue::new("error.type", errno.clone()));
-            Status::error(errno)
+            attributes.push(KeyValue::new(attr::SYSCALL_ERRNO, -d.ret));
+            if h.flags & SYSCALL_FLAG_EXPECTED != 0 {
+                // An expected outcome (capture.expected_errors): not a failure.
+                attributes.push(KeyValue::new(attr::SYSCALL_EXPECTED_ERROR, true));
+                Status::Unset
+            } else {
+                Status::error(errno)
+            }
         } else {
             Status::Unset
         };

@@ -414,11 +414,12 @@ impl Pipeline {
     }
 }
 
-/// Writes the decision into a kept span: `ot=th:...` in its trace state (not for 100 %, as
-/// the specification says) and `kspan.sampling.rule`.
+/// Writes the decision into a kept span: `ot=th:...` in its trace state (`th:0` when kept
+/// with probability 1, so a backend can tell an adjusted count of 1 from "unknown"), other
+/// vendors' entries and `ot` sub-keys untouched, and `kspan.sampling.rule`.
 pub fn annotate(span: &mut opentelemetry_sdk::trace::SpanData, o: &Outcome, decider: &str) {
     // NEVER has no `th` form; a kept span never carries it anyway.
-    if o.threshold != Threshold::ALWAYS && o.threshold != Threshold::NEVER {
+    if o.threshold != Threshold::NEVER {
         let ctx = &span.span_context;
         let mut ot = ctx
             .trace_state()
@@ -443,4 +444,52 @@ pub fn annotate(span: &mut opentelemetry_sdk::trace::SpanData, o: &Outcome, deci
 #[cfg(test)]
 pub(crate) mod tests {
     pub use super::{AttrValueOwned, PlainSpan as TestSpan};
+
+    #[test]
+    fn kept_spans_carry_their_threshold_and_keep_other_vendors() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+        };
+        use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+        let span = |ts: TraceState| opentelemetry_sdk::trace::SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes([1; 16]),
+                SpanId::from_bytes([2; 8]),
+                TraceFlags::SAMPLED,
+                false,
+                ts,
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: "x".into(),
+            start_time: std::time::UNIX_EPOCH,
+            end_time: std::time::UNIX_EPOCH,
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        };
+        let outcome = |threshold| super::Outcome {
+            keep: true,
+            threshold,
+            randomness: super::Randomness::from_raw(0),
+            decider: super::Decider::Default,
+            priority: false,
+        };
+        let mut s = span(TraceState::default());
+        super::annotate(&mut s, &outcome(super::Threshold::ALWAYS), "errors");
+        assert_eq!(s.span_context.trace_state().header(), "ot=th:0");
+        // A continued trace state: other vendors and other ot sub-keys stay.
+        let ts =
+            TraceState::from_key_value([("vendor", "abc"), ("ot", "rv:0123456789abcd")]).unwrap();
+        let mut s = span(ts);
+        let half = super::Threshold::from_probability(0.5, 4).unwrap();
+        super::annotate(&mut s, &outcome(half), "default");
+        let h = s.span_context.trace_state().header();
+        assert!(h.starts_with("ot=th:8;rv:0123456789abcd"), "{h}");
+        assert!(h.contains("vendor=abc"), "{h}");
+    }
 }
