@@ -212,6 +212,10 @@ pub enum Operand {
     Duration,
     Attr(String),
     ResourceAttr(String),
+    /// `trace_id`, `trace_id.string`: compared as bytes, or with a hex string.
+    TraceId,
+    /// `span_id`, `span_id.string`.
+    SpanId,
     Lit(Lit),
 }
 
@@ -233,6 +237,8 @@ enum Val<'a> {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// A trace (16 bytes) or span (first 8 bytes) id.
+    Id([u8; 16], usize),
     Nil,
 }
 
@@ -252,6 +258,12 @@ impl Operand {
             Operand::Duration => Val::Int(s.duration_ns().min(i64::MAX as u64) as i64),
             Operand::Attr(k) => attr(s.attribute(k)),
             Operand::ResourceAttr(k) => attr(s.resource_attribute(k)),
+            Operand::TraceId => Val::Id(s.trace_id(), 16),
+            Operand::SpanId => {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&s.span_id());
+                Val::Id(b, 8)
+            }
             Operand::Lit(Lit::Str(x)) => Val::Str(x),
             Operand::Lit(Lit::Int(x)) => Val::Int(*x),
             Operand::Lit(Lit::Float(x)) => Val::Float(*x),
@@ -277,6 +289,9 @@ fn compare(a: Val, op: CmpOp, b: Val) -> bool {
             }
         }
         (Val::Nil, Val::Nil) => Some(Ordering::Equal),
+        (Val::Id(x, n), Val::Id(y, m)) if n == m => Some(x[..n].cmp(&y[..m])),
+        (Val::Id(x, n), Val::Str(h)) => hex_cmp(&x[..n], h),
+        (Val::Str(h), Val::Id(x, n)) => hex_cmp(&x[..n], h).map(Ordering::reverse),
         _ => None,
     };
     match (ord, op) {
@@ -289,6 +304,24 @@ fn compare(a: Val, op: CmpOp, b: Val) -> bool {
         (Some(o), CmpOp::Gt) => o == Ordering::Greater,
         (Some(o), CmpOp::Ge) => o != Ordering::Less,
     }
+}
+
+/// Compares id bytes with their hex form (`trace_id.string == "4bf9..."`) without building a
+/// string; a string that is not hex of the same length is simply unequal.
+fn hex_cmp(id: &[u8], hex: &str) -> Option<std::cmp::Ordering> {
+    if hex.len() != 2 * id.len() {
+        return None;
+    }
+    let digits = hex.as_bytes();
+    for (i, b) in id.iter().enumerate() {
+        let hi = (digits[2 * i] as char).to_digit(16)?;
+        let lo = (digits[2 * i + 1] as char).to_digit(16)?;
+        let h = (hi * 16 + lo) as u8;
+        if *b != h {
+            return Some(b.cmp(&h));
+        }
+    }
+    Some(std::cmp::Ordering::Equal)
 }
 
 impl Expr {
@@ -461,13 +494,15 @@ impl Parser {
                     "duration" => Operand::Duration,
                     "attributes" => Operand::Attr(self.key()?),
                     "resource.attributes" => Operand::ResourceAttr(self.key()?),
+                    "trace_id" | "trace_id.string" | "traceID" => Operand::TraceId,
+                    "span_id" | "span_id.string" | "spanID" => Operand::SpanId,
                     c => match constant(c) {
                         Some(v) => Operand::Lit(Lit::Int(v)),
                         None => {
                             return Err(err(
                                 col,
                                 format!(
-                                    "unknown name {c:?} (paths: name, kind, status, duration, attributes[\"k\"], resource.attributes[\"k\"])"
+                                    "unknown name {c:?} (paths: name, kind, status, duration, trace_id, span_id, attributes[\"k\"], resource.attributes[\"k\"])"
                                 ),
                             ))
                         }

@@ -48,6 +48,9 @@ pub trait SpanView {
     /// End time, unix ns: the samplers' clock.
     fn end_unix_ns(&self) -> u64;
     fn trace_id(&self) -> [u8; 16];
+    fn span_id(&self) -> [u8; 8] {
+        [0; 8]
+    }
     fn attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     fn service_name(&self) -> &str;
@@ -208,6 +211,9 @@ impl SpanView for Built {
     }
     fn trace_id(&self) -> [u8; 16] {
         self.span.span_context.trace_id().to_bytes()
+    }
+    fn span_id(&self) -> [u8; 8] {
+        self.span.span_context.span_id().to_bytes()
     }
     fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
         self.span

@@ -72,7 +72,7 @@ pub enum RuleError {
         condition: usize,
         error: super::expr::ParseError,
     },
-    #[error("rule {rule:?} (#{index}): source_of_randomness {value:?} is not trace_id or attributes[\"key\"]")]
+    #[error("rule {rule:?} (#{index}): source_of_randomness {value:?} is not trace_id (trace.id, traceID) or attributes[\"key\"]")]
     Randomness {
         rule: String,
         index: usize,
@@ -156,7 +156,8 @@ impl RuleSampler {
                 (RuleAction::Drop, _) => 0.0,
             };
             let source = match r.source_of_randomness.trim() {
-                "trace_id" | "traceID" | "" => Source::TraceId,
+                // The spellings of the Collector's probabilistic sampler examples too.
+                "trace_id" | "trace.id" | "traceID" | "trace_id.string" | "" => Source::TraceId,
                 s => match s
                     .strip_prefix("attributes[\"")
                     .and_then(|k| k.strip_suffix("\"]"))
@@ -279,6 +280,128 @@ rules:
         fast.duration = 1000;
         let p = s.decide(&fast);
         assert_eq!((p.probability, p.decider), (0.1, Decider::Default));
+    }
+
+    /// The rule shapes users copy from the probabilistic-sampler examples, verbatim: each
+    /// compiles, and each matches the span it was written for and no other.
+    #[test]
+    fn seed_example_rules_work_verbatim() {
+        let s = RuleSampler::compile(&cfg(r#"
+default_sampling_percentage: 5
+rules:
+  - name: keep-errors
+    sampling_percentage: 100
+    source_of_randomness: "trace.id"
+    conditions: ["status.code == STATUS_CODE_ERROR"]
+  - name: critical-services
+    sampling_percentage: 100
+    source_of_randomness: traceID
+    conditions: ['IsMatch(resource.attributes["service.name"], "^(payment|auth)-service$")']
+  - name: dev-environment
+    sampling_percentage: 100
+    conditions: ['resource.attributes["deployment.environment"] != "production"']
+  - name: server-errors
+    sampling_percentage: 100
+    conditions: ['attributes["http.response.status_code"] >= 500 and attributes["http.response.status_code"] <= 599']
+  - name: client-errors
+    sampling_percentage: 50
+    conditions: ['attributes["http.response.status_code"] >= 400', 'attributes["http.response.status_code"] < 500']
+  - name: checkout-endpoints
+    sampling_percentage: 25
+    conditions: ['IsMatch(attributes["http.route"], "^/api/v[0-9]+/(cart|checkout)")']
+  - name: slow-requests
+    sampling_percentage: 100
+    conditions: ["duration > 2s"]
+  - name: tier-standard
+    sampling_percentage: 10
+    source_of_randomness: trace_id
+    conditions: ['resource.attributes["service.name"] == "search" and kind == SPAN_KIND_SERVER']
+  - name: valid-trace
+    sampling_percentage: 1
+    conditions: ['trace_id != nil and trace_id.string != "00000000000000000000000000000000" and not (span_id == nil)']
+"#))
+        .unwrap();
+        let prod = |svc: &str| {
+            TestSpan::new("GET", 2, 0, 1_000_000)
+                .resource("service.name", svc)
+                .resource("deployment.environment", "production")
+        };
+        let int = |v: i64| AttrValueOwned::Int(v);
+        let mut error = prod("web");
+        error.status = 2;
+        let mut slow = prod("web");
+        slow.duration = 3_000_000_000;
+        let mut traced = prod("web");
+        traced.trace_id = [0xab; 16];
+        let mut search = prod("search");
+        search.trace_id = [0xab; 16];
+        let cases: Vec<(&str, TestSpan, Option<usize>)> = vec![
+            ("error", error, Some(0)),
+            ("critical", prod("payment-service"), Some(1)),
+            ("not critical", prod("payment-service-v2"), None),
+            (
+                "dev",
+                prod("web").resource("deployment.environment", "staging"),
+                Some(2),
+            ),
+            (
+                "5xx",
+                prod("web").attr("http.response.status_code", int(503)),
+                Some(3),
+            ),
+            (
+                "4xx",
+                prod("web").attr("http.response.status_code", int(404)),
+                Some(4),
+            ),
+            (
+                "2xx",
+                prod("web").attr("http.response.status_code", int(200)),
+                None,
+            ),
+            (
+                "checkout",
+                prod("web").attr("http.route", AttrValueOwned::Str("/api/v2/checkout".into())),
+                Some(5),
+            ),
+            ("slow", slow, Some(6)),
+            ("search tier", search, Some(7)),
+            ("any real trace", traced, Some(8)),
+            // An all-zero trace id is not a valid trace: no rule for it.
+            ("zero trace id", prod("web"), None),
+        ];
+        for (what, span, want) in cases {
+            assert_eq!(s.matching(&span), want, "{what}");
+        }
+        assert_eq!(s.decide(&prod("web")).probability, 0.05);
+        let ids = crate::sampling::expr::Expr::compile(
+            r#"span_id.string == "0000000000000000" and trace_id.string == "abababababababababababababababab""#,
+        )
+        .unwrap();
+        let mut t = prod("web");
+        assert!(!ids.eval(&t));
+        t.trace_id = [0xab; 16];
+        assert!(ids.eval(&t));
+        // Unknown names are still refused with their column.
+        let e = RuleSampler::compile(&cfg(
+            "rules:\n  - name: x\n    sampling_percentage: 5\n    conditions: ['trace.flags == 1']\n",
+        ))
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string()
+                .contains("column 1: unknown name \"trace.flags\""),
+            "{e}"
+        );
+        let e = RuleSampler::compile(&cfg(
+            "rules:\n  - name: x\n    sampling_percentage: 5\n    source_of_randomness: span.id\n    conditions: ['true']\n",
+        ))
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string().contains("source_of_randomness \"span.id\""),
+            "{e}"
+        );
     }
 
     #[test]
