@@ -207,6 +207,75 @@ def expected(n):
     return out
 
 
+def flood(seconds):
+    """For `seconds`: normal failing calls as fast as one thread goes (stat of a missing file:
+    ENOENT; readlink of a regular file: EINVAL), with one refused connect early on and ten
+    30 ms sleeps spread over the run."""
+    me = os.path.abspath(__file__)
+    calls = 0
+    sleeps = 0
+    refused = None
+    t0 = time.monotonic()
+    end = t0 + seconds
+    next_sleep = t0 + 0.1
+    while True:
+        now = time.monotonic()
+        if now >= end and sleeps == 10:
+            break
+        if refused is None and now - t0 > 0.2:
+            refused = refused_once()
+        if sleeps < 10 and now >= next_sleep:
+            time.sleep(0.030)
+            sleeps += 1
+            next_sleep = now + seconds / 10
+        for _ in range(500):
+            try:
+                os.stat("/nonexistent-kspan-flood")
+            except FileNotFoundError:
+                pass
+            try:
+                os.readlink(me)
+            except OSError:
+                pass
+        calls += 1000
+    elapsed = time.monotonic() - t0
+    return {"calls": calls, "per_second": calls / elapsed, "sleeps": sleeps,
+            "refused_port": refused, "tid": threading.get_native_id()}
+
+
+def shed(n):
+    """A getppid flood (successes) with a genuine failure (open through a regular file:
+    ENOTDIR) every 20 ms, n failures in all."""
+    me = os.path.abspath(__file__)
+    calls = 0
+    for _ in range(n):
+        until = time.monotonic() + 0.020
+        while time.monotonic() < until:
+            for _ in range(200):
+                os.getppid()
+            calls += 200
+        try:
+            os.open(me + "/x", os.O_RDONLY)
+        except NotADirectoryError:
+            pass
+    return {"getppid": calls, "failures": n}
+
+
+def refused_once():
+    """A connect to a port nobody listens on (RST: ECONNREFUSED); returns the port."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+    except ConnectionRefusedError:
+        pass
+    s.close()
+    return port
+
+
 def getppid(n):
     for _ in range(n):
         os.getppid()
@@ -244,6 +313,10 @@ def main():
         out = sleep_mix(arg)
     elif action == "expected":
         out = expected(arg)
+    elif action == "shed":
+        out = shed(arg)
+    elif action == "flood":
+        out = flood(arg)
     elif action == "getppid":
         out = getppid(arg)
     else:

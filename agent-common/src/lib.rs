@@ -124,6 +124,10 @@ pub enum Counter {
     TcpTableFull = 2,
     /// Events submitted to the ring buffer.
     Submitted = 3,
+    /// Ordinary syscall events (successful or expected, but slow) not submitted because the
+    /// ring buffer was three quarters full: its last quarter is kept for failures and TCP
+    /// events.
+    RingbufShed = 4,
 }
 pub const COUNTERS_LEN: u32 = 8;
 
@@ -146,6 +150,7 @@ pub mod globals {
     pub const STARTS_IN_ARRAY: &str = "STARTS_IN_ARRAY";
     pub const EMIT_TCP: &str = "EMIT_TCP";
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    pub const SHED_BYTES: &str = "SHED_BYTES";
     pub const TCP_SOCK_SRTT_US_OFFSET: &str = "TCP_SOCK_SRTT_US_OFFSET";
     pub const TCP_REQ_SNT_SYNACK_OFFSET: &str = "TCP_REQ_SNT_SYNACK_OFFSET";
     pub const ALL: &[&str] = &[
@@ -159,6 +164,7 @@ pub mod globals {
         STARTS_IN_ARRAY,
         EMIT_TCP,
         WAKEUP_BYTES,
+        SHED_BYTES,
         TCP_SOCK_SRTT_US_OFFSET,
         TCP_REQ_SNT_SYNACK_OFFSET,
     ];

@@ -47,6 +47,11 @@ static STARTS_IN_ARRAY: u32 = 1;
 /// timer alone drains it). Below it, events are submitted without a wake-up.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
+/// Above this many bytes waiting in the ring buffer, ordinary syscall events (not failures)
+/// are shed and counted (`RingbufShed`), keeping the rest of the room for failures and TCP
+/// events. 0: never.
+#[unsafe(no_mangle)]
+static SHED_BYTES: u64 = 0;
 /// 1: TCP programs emit events; 0: histograms only.
 #[unsafe(no_mangle)]
 static EMIT_TCP: u32 = 1;
@@ -351,6 +356,13 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     if duration < setting_u64(&MIN_DURATION_NS).max(governed) && !failed {
         return;
     }
+    if !failed {
+        let shed = setting_u64(&SHED_BYTES);
+        if shed != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= shed {
+            count(Counter::RingbufShed);
+            return;
+        }
+    }
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
         count(Counter::RingbufFull);
         return;
@@ -386,6 +398,11 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
 #[inline(always)]
 fn errno_expected(nr: u32, ret: i64) -> bool {
     let errno = (-ret) as u64;
+    // ERESTARTSYS .. ERESTART_RESTARTBLOCK (512-516): kernel-internal, the call is restarted
+    // after a signal; the program never sees them.
+    if (512..=516).contains(&errno) {
+        return true;
+    }
     if errno >= EXPECTED_ERRNO_LIMIT as u64 {
         return false;
     }

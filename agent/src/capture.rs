@@ -271,6 +271,8 @@ pub fn pid_max() -> u32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
     pub ringbuf_full: u64,
+    /// Ordinary syscall events shed to keep ring buffer room for failures.
+    pub ringbuf_shed: u64,
     pub start_table_full: u64,
     pub tcp_table_full: u64,
     pub submitted: u64,
@@ -329,6 +331,8 @@ impl Capture {
         let in_array = starts_in_array as u32;
         let emit_tcp = config.emit_tcp as u32;
         let wakeup_bytes = config.wakeup_bytes.unwrap_or(rb as u64 / 4);
+        // The last quarter of the ring buffer is for failures and TCP events.
+        let shed_bytes = rb as u64 / 4 * 3;
         let offsets = if config.tcp {
             crate::btf::kernel_offsets().unwrap_or_else(|e| {
                 log::warn!(
@@ -355,6 +359,7 @@ impl Capture {
             .override_global(globals::STARTS_IN_ARRAY, &in_array, true)
             .override_global(globals::EMIT_TCP, &emit_tcp, true)
             .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
+            .override_global(globals::SHED_BYTES, &shed_bytes, true)
             .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &srtt_offset, true)
             .override_global(globals::TCP_REQ_SNT_SYNACK_OFFSET, &synack_offset, true)
             .map_max_entries(maps::EVENTS, rb)
@@ -608,6 +613,7 @@ impl Capture {
         };
         KernelCounters {
             ringbuf_full: get(Counter::RingbufFull),
+            ringbuf_shed: get(Counter::RingbufShed),
             start_table_full: get(Counter::StartTableFull),
             tcp_table_full: get(Counter::TcpTableFull),
             submitted: get(Counter::Submitted),

@@ -52,7 +52,7 @@ pub mod serde_text {
 pub mod serde_opt_text {
     use std::time::Duration;
 
-    use serde::{Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
@@ -62,7 +62,10 @@ pub mod serde_opt_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::serde_text::deserialize(d).map(Some)
+        // `null` (as --print-config writes an unset one) is None.
+        #[derive(serde::Deserialize)]
+        struct Wrap(#[serde(with = "super::serde_text")] Duration);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
 
@@ -81,7 +84,7 @@ pub mod serde_ns {
 
 /// `Option<u64>` nanosecond fields, as [`serde_ns`].
 pub mod serde_opt_ns {
-    use serde::{Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
         match d {
@@ -91,7 +94,9 @@ pub mod serde_opt_ns {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        super::serde_ns::deserialize(d).map(Some)
+        #[derive(serde::Deserialize)]
+        struct Wrap(#[serde(with = "super::serde_ns")] u64);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
     }
 }
 

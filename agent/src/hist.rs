@@ -254,6 +254,9 @@ pub struct Row {
     /// Per-syscall counts (process view).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub syscalls: Vec<(String, u64)>,
+    /// Per-syscall buckets `[lower_ns, upper_ns, count]` (process view, JSON).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub syscall_buckets: Vec<(String, Vec<[u64; 3]>)>,
     pub buckets: Vec<[u64; 3]>,
     #[serde(skip)]
     pub hist: Hist,
@@ -276,6 +279,7 @@ impl Row {
             p99_ns: h.quantile(0.99),
             max_ns: h.max_bucket().map(|b| bucket_bounds(b).1),
             syscalls: Vec::new(),
+            syscall_buckets: Vec::new(),
             buckets: h.json_buckets(),
             hist: *h,
         }
@@ -374,22 +378,26 @@ pub fn rows(s: &Snapshot, view: View, sort: SortBy, comms: &Comms) -> Vec<Row> {
             })
             .collect(),
         View::Process => {
-            let mut by_pid: BTreeMap<u32, (Entry, Vec<(String, u64)>)> = BTreeMap::new();
+            type PerPid = (Entry, Vec<(String, u64)>, Vec<(String, Vec<[u64; 3]>)>);
+            let mut by_pid: BTreeMap<u32, PerPid> = BTreeMap::new();
             for ((pid, nr), e) in &s.procs {
                 let p = by_pid.entry(*pid).or_default();
                 p.0.hist.add(&e.hist);
                 p.0.errors += e.errors;
-                p.1.push((crate::names::syscall_name(*nr).into_owned(), e.hist.total()));
+                let name = crate::names::syscall_name(*nr).into_owned();
+                p.1.push((name.clone(), e.hist.total()));
+                p.2.push((name, e.hist.json_buckets()));
             }
             by_pid
                 .into_iter()
-                .map(|(pid, (e, mut sc))| {
+                .map(|(pid, (e, mut sc, scb))| {
                     let comm = comms.get(pid);
                     sc.sort_by_key(|e| std::cmp::Reverse(e.1));
                     let mut r = Row::new(format!("{pid} {comm}"), &e);
                     r.pid = Some(pid);
                     r.comm = Some(comm);
                     r.syscalls = sc;
+                    r.syscall_buckets = scb;
                     r
                 })
                 .collect()

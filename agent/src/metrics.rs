@@ -23,6 +23,8 @@ use crate::capture::KernelCounters;
 pub enum DropReason {
     /// The kernel found the ring buffer full.
     RingbufFull,
+    /// The kernel shed an ordinary syscall event: the ring buffer was 3/4 full.
+    RingbufShed,
     /// Bytes from the ring buffer that did not decode.
     Undecodable,
     /// The queue to the exporter was full (newest dropped).
@@ -38,8 +40,9 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::RingbufFull,
+        DropReason::RingbufShed,
         DropReason::Undecodable,
         DropReason::QueueFull,
         DropReason::ExportFailed,
@@ -51,6 +54,7 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::RingbufFull => "ringbuf_full",
+            DropReason::RingbufShed => "ringbuf_shed",
             DropReason::Undecodable => "undecodable",
             DropReason::QueueFull => "queue_full",
             DropReason::ExportFailed => "export_failed",
@@ -97,7 +101,7 @@ pub struct Stats {
     cpu_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
     governed_min: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Last kernel counter values seen, to turn them into increments.
-    kernel_seen: [AtomicU64; 3],
+    kernel_seen: [AtomicU64; 4],
     attached: AtomicBool,
     exporter_ok: AtomicBool,
 }
@@ -292,6 +296,7 @@ impl Stats {
     pub fn update_kernel(&self, k: &KernelCounters) {
         let pairs = [
             (DropReason::RingbufFull, k.ringbuf_full),
+            (DropReason::RingbufShed, k.ringbuf_shed),
             (DropReason::StartTableFull, k.start_table_full),
             (DropReason::TcpTableFull, k.tcp_table_full),
         ];

@@ -146,7 +146,15 @@ fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
             "--min-duration",
             "0",
         ])
-        .args(["--no-tcp", "--metrics-addr", "", "--compression", "gzip"])
+        .args([
+            "--no-tcp",
+            "--metrics-addr",
+            "",
+            "--compression",
+            "gzip",
+            "--sampling",
+            "off",
+        ])
         .args([
             "--protocol",
             protocol,

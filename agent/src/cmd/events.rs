@@ -71,6 +71,9 @@ pub struct Summary {
     pub events: u64,
     /// Events the kernel could not put in the ring buffer (full).
     pub lost_ringbuf_full: u64,
+    /// Ordinary (not failed) syscall events the kernel shed with the ring buffer 3/4 full,
+    /// keeping room for failures and TCP events.
+    pub shed_ringbuf: u64,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// Syscalls not measured because the start table was full.
@@ -89,6 +92,7 @@ impl Summary {
             kind: "summary",
             events,
             lost_ringbuf_full: k.ringbuf_full,
+            shed_ringbuf: k.ringbuf_shed,
             undecodable,
             start_table_full: k.start_table_full,
             tcp_table_full: k.tcp_table_full,

@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// Stop after this long (e.g. 30s); default: until SIGINT/SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Samplers: `off` keeps every span; `on` (the default) uses the config's `sampling:`
+    /// section, or the default one (errors and spans >= 1s kept, the rest at most 10
+    /// spans/s per key; see --print-config).
+    #[arg(long, value_enum)]
+    pub sampling: Option<Switch>,
     /// Print the effective configuration (file + flags) as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -102,7 +107,7 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     pids: [1234]            comms: [nginx]        cgroup: /sys/fs/cgroup/system.slice/x
     syscalls: [read, write] min_duration: 1ms     failed_syscalls: true
     syscall_spans: true     tcp: true             ring_buffer_bytes: 4194304
-    drain_interval: 10ms
+    drain_interval: 10ms    expected_errors: {futex: [ETIMEDOUT, EAGAIN], ...}  ({} = all failures are errors)
   exporter:
     kind: otlp              # otlp | stdout | none
     endpoint: http://localhost:4317
@@ -121,12 +126,19 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     addr: 127.0.0.1:9464    log_interval: 60s
   governor:                 # optional: a CPU budget for kspan itself
     cpu_budget_percent: 5   max_min_duration: 1s
-  sampling: ...             # see the README's Sampling section
+  sampling: ...             # default: errors and >= 1s kept, the rest <= 10/s per key
+                            # (--print-config shows it); null keeps every span
 
 Unset exporter keys fall back to OTEL_EXPORTER_OTLP_{TRACES_,}{ENDPOINT,PROTOCOL,HEADERS,
 COMPRESSION,TIMEOUT,CERTIFICATE,CLIENT_CERTIFICATE,CLIENT_KEY}; OTEL_RESOURCE_ATTRIBUTES is
 added to every resource.
 Metrics: GET /metrics (Prometheus), /healthz, /readyz on metrics.addr.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -238,6 +250,11 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     }
     if let Some(a) = &args.metrics_addr {
         c.metrics.addr = (!a.trim().is_empty()).then(|| a.clone());
+    }
+    match args.sampling {
+        Some(Switch::Off) => c.sampling = None,
+        Some(Switch::On) if c.sampling.is_none() => c.sampling = crate::config::default_sampling(),
+        _ => {}
     }
     for (k, v) in &args.service_names {
         c.resource.service_names.insert(k.clone(), v.clone());

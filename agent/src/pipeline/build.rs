@@ -6,6 +6,7 @@
 //! counted as `queue_full`.
 use std::sync::Arc;
 
+use opentelemetry::trace::Status;
 use tokio::sync::mpsc;
 
 use super::{queue::QueueTx, MAX_CHUNK};
@@ -47,7 +48,10 @@ pub async fn run(
         let mut by_kind = [0u64; KINDS.len()];
         let mut sampled_out = 0u64;
         for part in events.chunks(MAX_CHUNK) {
+            // Important spans (errors, always-keep rules) first: they may use the queue's
+            // reserve, ordinary ones may not.
             let mut out = Vec::with_capacity(part.len());
+            let mut ordinary = Vec::new();
             for ev in part {
                 let kind = match ev {
                     RawEvent::Syscall(..) => EventKind::Syscall,
@@ -57,20 +61,30 @@ pub async fn run(
                     by_kind[i] += 1;
                 }
                 let mut built = builder.build(ev);
-                if let Some(p) = sampler.as_mut() {
-                    let o = p.decide(&built);
-                    if !o.keep {
-                        sampled_out += 1;
-                        continue;
+                let important = match sampler.as_mut() {
+                    Some(p) => {
+                        let o = p.decide(&built);
+                        if !o.keep {
+                            sampled_out += 1;
+                            continue;
+                        }
+                        crate::sampling::annotate(&mut built.span, &o, p.decider_name(o.decider));
+                        o.priority
                     }
-                    crate::sampling::annotate(&mut built.span, &o, p.decider_name(o.decider));
+                    None => matches!(built.span.status, Status::Error { .. }),
+                };
+                if important {
+                    out.push(built);
+                } else {
+                    ordinary.push(built);
                 }
-                out.push(built);
             }
-            if out.is_empty() {
+            if out.is_empty() && ordinary.is_empty() {
                 continue;
             }
-            let sent = tx.send(out);
+            let important = out.len();
+            out.append(&mut ordinary);
+            let sent = tx.send_prioritized(out, important);
             stats.dropped(DropReason::QueueFull, sent.full as u64);
             stats.dropped(DropReason::ExportFailed, sent.closed as u64);
         }

@@ -8,7 +8,10 @@
 //! `export_failed`). Spans in the channel, in the stage's batch queue and in its retry batch
 //! all count.
 //!
-//! Overflow policy: drop the newest. A chunk that does not fit whole is cut to the room left;
+//! Overflow policy: drop the newest, with a reserve for what matters. Ordinary spans may fill
+//! the queue up to three quarters; the last quarter is kept for important ones (errors,
+//! failed connects, spans an always-keep rule kept, such as the slow ones), so a flood of
+//! ordinary spans cannot push them out. A chunk that does not fit is cut to the room left;
 //! the sender reports how many spans it gave up so that they are counted (`queue_full`).
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use tokio::sync::{mpsc, Semaphore};
 pub struct QueueTx<T> {
     tx: mpsc::UnboundedSender<Vec<T>>,
     room: Arc<Semaphore>,
+    capacity: usize,
 }
 
 /// The receiving half (the export stage).
@@ -46,21 +50,49 @@ pub fn bounded<T>(capacity: usize) -> (QueueTx<T>, QueueRx<T>) {
         QueueTx {
             tx,
             room: room.clone(),
+            capacity,
         },
         QueueRx { rx, room, capacity },
     )
 }
 
 impl<T> QueueTx<T> {
-    /// Queues as much of `items` as there is room for, never waiting.
-    pub fn send(&self, mut items: Vec<T>) -> Sent {
+    /// Queues as much of `items` as there is room for, never waiting; all are important.
+    pub fn send(&self, items: Vec<T>) -> Sent {
+        let n = items.len();
+        self.send_prioritized(items, n)
+    }
+
+    /// Like [`send`](Self::send), where the first `important` items may use the whole queue
+    /// and the rest only the room above the reserve (a quarter of the capacity).
+    pub fn send_prioritized(&self, mut items: Vec<T>, important: usize) -> Sent {
         let offered = items.len();
-        let fit = offered.min(self.room.available_permits());
+        let important = important.min(offered);
+        let room = self.room.available_permits();
+        let take_important = important.min(room);
+        let ordinary_room = room
+            .saturating_sub(self.capacity / 4)
+            .saturating_sub(take_important);
+        let take_ordinary = (offered - important).min(ordinary_room);
+        let fit = take_important + take_ordinary;
         if fit == 0 {
             return Sent {
                 full: offered,
                 ..Sent::default()
             };
+        }
+        if fit < offered {
+            // The important ones that fit, then the oldest ordinary ones that fit.
+            let mut idx = 0;
+            items.retain(|_| {
+                idx += 1;
+                let i = idx - 1;
+                if i < important {
+                    i < take_important
+                } else {
+                    i - important < take_ordinary
+                }
+            });
         }
         // One sender: the room seen above cannot shrink before this.
         let Ok(permit) = self.room.try_acquire_many(fit as u32) else {
@@ -70,7 +102,6 @@ impl<T> QueueTx<T> {
             };
         };
         permit.forget();
-        items.truncate(fit);
         match self.tx.send(items) {
             Ok(()) => Sent {
                 queued: fit,
@@ -144,6 +175,23 @@ mod tests {
         rx.release(4);
         assert_eq!(rx.held(), 6);
         assert_eq!(tx.send(vec![1, 2, 3, 4, 5]).queued, 4);
+    }
+
+    #[tokio::test]
+    async fn the_last_quarter_is_kept_for_important_items() {
+        let (tx, mut rx) = bounded::<u32>(8);
+        // Ordinary items stop at 6 of 8.
+        let s = tx.send_prioritized((0..10).collect(), 0);
+        assert_eq!((s.queued, s.full), (6, 4));
+        assert_eq!(rx.recv().await, Some((0..6).collect()));
+        // Important ones still get in; ordinary ones in the same chunk do not.
+        let s = tx.send_prioritized(vec![100, 101, 1, 2], 2);
+        assert_eq!((s.queued, s.full), (2, 2));
+        assert_eq!(rx.recv().await, Some(vec![100, 101]));
+        assert_eq!(tx.send_prioritized(vec![102, 103], 2).full, 2);
+        rx.release(8);
+        // With room, a mixed chunk goes whole.
+        assert_eq!(tx.send_prioritized(vec![7, 8, 9], 1).queued, 3);
     }
 
     #[tokio::test]

@@ -23,6 +23,10 @@ use super::{Decider, Partial, SpanView};
 pub struct AdaptiveConfig {
     /// Kept spans per second to aim for (errors come on top of it when they exceed it).
     pub target_spans_per_second: f64,
+    /// At most this many kept spans per second for any one key, within the total target
+    /// (unset: only the total's fair share limits a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_per_key: Option<f64>,
     /// Spans at least this slow get the slow boost (ns, or a duration like 1s).
     #[serde(default, with = "crate::duration::serde_opt_ns")]
     pub slow_threshold: Option<u64>,
@@ -96,6 +100,7 @@ impl AdaptiveConfig {
     pub fn with_target(target: f64) -> AdaptiveConfig {
         AdaptiveConfig {
             target_spans_per_second: target,
+            target_per_key: None,
             slow_threshold: None,
             slow_quantile: default_quantile(),
             slow_boost: default_boost(),
@@ -198,6 +203,9 @@ impl Adaptive {
     pub fn new(cfg: &AdaptiveConfig) -> Result<Adaptive, String> {
         if cfg.target_spans_per_second.is_nan() || cfg.target_spans_per_second <= 0.0 {
             return Err("target_spans_per_second must be > 0".into());
+        }
+        if cfg.target_per_key.is_some_and(|t| t.is_nan() || t <= 0.0) {
+            return Err("target_per_key must be > 0".into());
         }
         if cfg.tick == 0 {
             return Err("tick must be > 0".into());
@@ -368,7 +376,8 @@ impl Adaptive {
         let n = rates.len();
         for (i, (h, rate)) in rates.iter().enumerate() {
             let fair = budget / (n - i) as f64;
-            let allowance = rate.min(fair).max(floor(*rate));
+            let cap = self.cfg.target_per_key.unwrap_or(f64::INFINITY);
+            let allowance = rate.min(fair).min(cap).max(floor(*rate));
             budget -= allowance;
             let want = if *rate <= 0.0 {
                 1.0
