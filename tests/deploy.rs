@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::Command};
 
 mod common;
 
-use common::{venv_bin, KSPAN};
+use common::{cache_file, venv_bin, KSPAN};
 
 const K8S_VERSION: &str = "1.30.0";
 
@@ -185,14 +185,7 @@ fn chart_dir() -> PathBuf {
 
 /// helm from the test cache (`KSPAN_SETUP_TEST=1 scripts/setup` installs it).
 fn helm() -> String {
-    let cache = std::env::var("KSPAN_CACHE")
-        .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
-    let path = format!("{cache}/bin/helm");
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} missing: run `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does)"
-    );
-    path
+    cache_file("bin/helm")
 }
 
 /// `helm template kspan CHART -n kspan ARGS...`: (success, stdout, stderr).

@@ -12,9 +12,14 @@ pub const KSPAN: &str = env!("CARGO_BIN_EXE_kspan");
 
 /// A program of the test venv (`KSPAN_SETUP_TEST=1 scripts/setup` makes it).
 pub fn venv_bin(name: &str) -> String {
+    cache_file(&format!("venv/bin/{name}"))
+}
+
+/// A file the test set-up installs under the cache (`$KSPAN_CACHE`, default ~/.cache/kspan).
+pub fn cache_file(rel: &str) -> String {
     let cache = std::env::var("KSPAN_CACHE")
         .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
-    let path = format!("{cache}/venv/bin/{name}");
+    let path = format!("{cache}/{rel}");
     assert!(
         std::path::Path::new(&path).exists(),
         "{path} missing: run `KSPAN_SETUP_TEST=1 scripts/setup` (./test.sh does)"
