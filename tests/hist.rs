@@ -84,6 +84,7 @@ fn dd_counts_match_strace_exactly() {
     let truth = strace_counts(&["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=200000"]);
     let doc = h.stop();
     assert_eq!(doc["view"], "process");
+    assert_eq!(doc["proc_hist_full"], 0);
     let dd = row(&doc, |r| r["comm"] == "dd");
     let calls = |name: &str| -> u64 {
         dd["syscalls"]
@@ -332,4 +333,51 @@ fn bad_input_is_a_clear_error() {
     assert!(run(&["hist", "--interval", "-1s"]).contains("invalid value '-1s'"));
     assert!(run(&["hist", "--interval", "0"]).contains("--interval must be more than 0"));
     assert!(run(&["top", "--by", "thread"]).contains("invalid value 'thread'"));
+}
+
+/// When the per-process map is full, the calls it cannot count are counted: per-process
+/// totals plus `proc_hist_full` equal the per-syscall totals, exactly. 5,000 short-lived
+/// processes (about 40 keys each) overflow its 65,536 entries.
+#[test]
+fn a_full_per_process_map_is_counted() {
+    require_root();
+    let root = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_string())
+        })
+        .expect("a cgroup2 mount");
+    let cg = format!("{root}/kspan-procfull-{}", std::process::id());
+    std::fs::create_dir_all(&cg).unwrap();
+    let per_syscall = Hist::start(&["--cgroup", &cg]);
+    let per_process = Hist::start(&["--view", "process", "--cgroup", &cg]);
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {cg}/cgroup.procs && i=0; while [ $i -lt 5000 ]; do /bin/true; i=$((i+1)); done"
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let procs = per_process.stop();
+    let sys = per_syscall.stop();
+    let _ = std::fs::remove_dir(&cg);
+    let total = |doc: &Value| -> u64 {
+        doc["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap())
+            .sum()
+    };
+    let full = procs["proc_hist_full"].as_u64().unwrap();
+    eprintln!(
+        "per-syscall {} per-process {} uncounted {full}",
+        total(&sys),
+        total(&procs)
+    );
+    assert!(full > 0, "5,000 processes did not fill the map");
+    assert_eq!(total(&procs) + full, total(&sys));
 }

@@ -128,6 +128,8 @@ pub enum Counter {
     /// ring buffer was three quarters full: its last quarter is kept for failures and TCP
     /// events.
     RingbufShed = 4,
+    /// Calls not counted in the per-process histograms: their map was full.
+    ProcHistFull = 5,
 }
 pub const COUNTERS_LEN: u32 = 8;
 

@@ -289,7 +289,16 @@ fn proc_hist_add(pid_tgid: u64, nr: u32, bucket: u32) {
     match PROC_HIST_MAP.get_ptr_mut(&key) {
         Some(p) => unsafe { *p += 1 },
         None => {
-            let _ = PROC_HIST_MAP.insert(&key, &1, BPF_NOEXIST as u64);
+            if PROC_HIST_MAP.insert(&key, &1, BPF_NOEXIST as u64).is_err() {
+                // Inserted meanwhile on another CPU: count on this one. Otherwise the map is
+                // full: the call is not counted per process, and that is counted.
+                match PROC_HIST_MAP.get_ptr_mut(&key) {
+                    Some(p) => unsafe { *p += 1 },
+                    // Counted once per call: for its latency bucket, not its error slot.
+                    None if bucket < HIST_BUCKETS as u32 => count(Counter::ProcHistFull),
+                    None => {}
+                }
+            }
         }
     }
 }

@@ -701,6 +701,14 @@ impl Capture {
         Ok(out)
     }
 
+    /// Calls the per-process histograms could not count (their map was full).
+    pub fn proc_hist_full(&self) -> u64 {
+        self.counters
+            .get(&(Counter::ProcHistFull as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Per-process histogram entries: `((pid, nr, bucket), count)`.
     pub fn proc_histograms(&self) -> Result<Vec<(ProcHistKey, u64)>, CaptureError> {
         let mut out = Vec::new();

@@ -204,6 +204,7 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
     let stop = ctrlc_flag().map_err(HistError::Terminal)?;
     let mut reads = Reads::default();
     let mut n = 0u64;
+    let mut reported_full = 0u64;
     let mut out = std::io::stdout().lock();
     eprintln!("kspan: measuring (histograms in the kernel); stop with Ctrl-C");
     loop {
@@ -218,8 +219,17 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
         }
         let shown = reads.next(&capture, o.view == View::Process, o.cumulative)?;
         let rs = rows(&shown, o.view, o.sort, &reads.comms);
+        // Calls the per-process map could not hold: never lost silently.
+        let uncounted = capture.proc_hist_full();
+        if uncounted > reported_full {
+            eprintln!(
+                "kspan: per-process histograms full: {uncounted} calls not counted per process \
+                 since start (the per-syscall view counts them)"
+            );
+            reported_full = uncounted;
+        }
         let text = match o.mode {
-            Mode::Json => json_doc(&o, &rs),
+            Mode::Json => json_doc(&o, &rs, uncounted),
             _ if o.table_only => table_text(&o, &rs),
             _ => hist_text(&o, &rs),
         };
@@ -265,13 +275,15 @@ fn view_name(v: View) -> &'static str {
     }
 }
 
-fn json_doc(o: &Opts, rs: &[Row]) -> String {
+fn json_doc(o: &Opts, rs: &[Row], proc_hist_full: u64) -> String {
     let doc = serde_json::json!({
         "time": now_rfc3339(),
         "interval_s": o.interval.as_secs_f64(),
         "cumulative": o.cumulative,
         "view": view_name(o.view),
         "rows": rs,
+        // Calls since start that the per-process histograms could not count (map full).
+        "proc_hist_full": proc_hist_full,
     });
     format!("{doc}\n")
 }
