@@ -17,6 +17,7 @@ pub mod duration;
 pub mod event;
 pub mod governor;
 pub mod hist;
+pub mod http;
 pub mod k8s;
 pub mod metrics;
 pub mod names;

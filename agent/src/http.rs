@@ -1,0 +1,765 @@
+//! HTTP/1.x exchanges rebuilt from the syscalls that moved a connection's bytes (the first
+//! stage of request spans; not wired into the pipeline yet).
+//!
+//! The input is one [`Io`] per read or write on a socket: its direction, start and end times,
+//! the bytes the kernel captured (a bounded prefix of what moved) and how many bytes moved.
+//! The output is requests paired with their responses in order, keep-alive and pipelining
+//! included, with the connection's role (server: it reads requests; client: it writes them).
+//!
+//! Bodies are skipped by length: `Content-Length` is followed through later reads and writes
+//! by the byte counts alone, since their bytes are not captured. A chunked body ends at its
+//! last chunk when that is seen, else at the next message start or at close. Headers split
+//! over several reads are joined; headers cut off by the capture prefix keep what was parsed
+//! (method, target, status) and the rest of that message is skipped. Data that is not HTTP
+//! is counted and ignored. Parsing is `httparse`'s; nothing here panics on any input.
+use std::collections::VecDeque;
+
+/// Direction of a transfer, from the traced process's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+/// One syscall's transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct Io<'a> {
+    pub dir: Dir,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// The captured prefix of the bytes moved (at most `len` of them).
+    pub data: &'a [u8],
+    /// Bytes the syscall moved.
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The request target as sent (path and query).
+    pub target: String,
+    /// Minor version: 0 or 1 (HTTP/1.x).
+    pub version: u8,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+    pub content_type: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+    /// First byte of the request moved.
+    pub start_ns: u64,
+    /// Last byte of the request moved (headers and body).
+    pub end_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub version: u8,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Which end of the connection the traced process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It read the request and wrote the response.
+    Server,
+    /// It wrote the request and read the response.
+    Client,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    pub role: Role,
+    pub request: Request,
+    pub response: Response,
+}
+
+/// What the parser saw and gave up, for the drop counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub responses: u64,
+    /// Message starts that were not HTTP/1.x (or not parsable).
+    pub not_http: u64,
+    /// Messages whose headers the capture prefix cut off.
+    pub truncated: u64,
+    /// Responses with no request waiting for them.
+    pub unmatched: u64,
+    /// Requests never answered before the connection closed.
+    pub unanswered: u64,
+}
+
+/// Most header bytes kept while a message's headers arrive over several transfers.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers parsed per message.
+const MAX_HEADERS: usize = 64;
+/// Requests waiting for their responses (pipelining depth) before the oldest is given up.
+const MAX_PENDING: usize = 64;
+
+const METHODS: [&[u8]; 9] = [
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Whether bytes start like an HTTP/1.x request: a method and a space.
+pub fn looks_like_request(data: &[u8]) -> bool {
+    METHODS.iter().any(|m| data.starts_with(m))
+}
+
+/// Whether bytes start like an HTTP/1.x response.
+pub fn looks_like_response(data: &[u8]) -> bool {
+    data.starts_with(b"HTTP/1.")
+}
+
+/// Where one direction of the connection is.
+#[derive(Debug, Default)]
+enum State {
+    /// Between messages: the next transfer should start one.
+    #[default]
+    Idle,
+    /// Headers so far (all bytes moved were captured), waiting for the rest.
+    Head { buf: Vec<u8>, start_ns: u64 },
+    /// This many body bytes still to move.
+    Body { remaining: u64 },
+    /// A chunked body, until its last chunk (or the next message start).
+    Chunked,
+    /// Lost track (truncated headers, no length): wait for a message start.
+    Lost,
+}
+
+#[derive(Debug, Default)]
+struct Side {
+    state: State,
+}
+
+/// One connection's HTTP/1.x state.
+#[derive(Debug, Default)]
+pub struct HttpConn {
+    role: Option<Role>,
+    /// Requests waiting for their responses, oldest first.
+    pending: VecDeque<Request>,
+    /// The response being moved, paired once its body is done.
+    response: Option<Response>,
+    reads: Side,
+    writes: Side,
+    pub counts: Counts,
+}
+
+/// A message start's parsed head.
+enum Head {
+    Request(Request, usize),
+    Response(Response, usize),
+}
+
+/// Body length after a head: `Some(n)`, chunked (`None` with `chunked`), or unknown.
+struct BodyLen {
+    length: Option<u64>,
+    chunked: bool,
+}
+
+impl HttpConn {
+    pub fn new() -> HttpConn {
+        HttpConn::default()
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.role
+    }
+
+    /// Feeds one transfer; returns the exchanges it completed.
+    pub fn on_io(&mut self, io: &Io<'_>) -> Vec<Exchange> {
+        let mut done = Vec::new();
+        let data = &io.data[..io.data.len().min(io.len as usize)];
+        let fully_captured = data.len() as u64 == io.len;
+        let state = std::mem::take(&mut self.side(io.dir).state);
+        let next = match state {
+            State::Body { remaining } if remaining > 0 => {
+                self.extend(io);
+                let left = remaining.saturating_sub(io.len);
+                if left == 0 {
+                    self.message_done(io.dir, io.end_ns, &mut done);
+                    State::Idle
+                } else {
+                    State::Body { remaining: left }
+                }
+            }
+            State::Chunked if !self.starts_message(data) => {
+                self.extend(io);
+                if fully_captured && data.ends_with(b"0\r\n\r\n") {
+                    self.message_done(io.dir, io.end_ns, &mut done);
+                    State::Idle
+                } else {
+                    State::Chunked
+                }
+            }
+            State::Head { mut buf, start_ns } => {
+                if buf.len() + data.len() > MAX_HEAD {
+                    self.counts.truncated += 1;
+                    State::Lost
+                } else {
+                    buf.extend_from_slice(data);
+                    self.start_message(io, &buf, start_ns, fully_captured, &mut done)
+                }
+            }
+            State::Lost if !self.starts_message(data) => State::Lost,
+            State::Chunked | State::Lost | State::Idle | State::Body { .. } => {
+                if let State::Chunked = state {
+                    // A new message ends the chunked one before it.
+                    self.message_done(io.dir, io.start_ns, &mut done);
+                }
+                if data.is_empty() {
+                    State::Idle
+                } else {
+                    let buf = data.to_vec();
+                    self.start_message(io, &buf, io.start_ns, fully_captured, &mut done)
+                }
+            }
+        };
+        self.side(io.dir).state = next;
+        done
+    }
+
+    /// The connection closed: a response without a length ends here; requests still
+    /// waiting are counted as unanswered.
+    pub fn on_close(&mut self, now_ns: u64) -> Vec<Exchange> {
+        let mut done = Vec::new();
+        if self.response.is_some() {
+            let dir = match self.role {
+                Some(Role::Client) => Dir::Read,
+                _ => Dir::Write,
+            };
+            self.message_done(dir, now_ns, &mut done);
+        }
+        self.counts.unanswered += self.pending.len() as u64;
+        self.pending.clear();
+        done
+    }
+
+    fn side(&mut self, dir: Dir) -> &mut Side {
+        match dir {
+            Dir::Read => &mut self.reads,
+            Dir::Write => &mut self.writes,
+        }
+    }
+
+    fn starts_message(&self, data: &[u8]) -> bool {
+        looks_like_request(data) || looks_like_response(data)
+    }
+
+    /// A transfer of body bytes: the message in progress in that direction ends later.
+    fn extend(&mut self, io: &Io<'_>) {
+        match (self.direction_of_requests(), io.dir) {
+            (Some(d), dir) if d == dir => {
+                if let Some(r) = self.pending.back_mut() {
+                    r.end_ns = r.end_ns.max(io.end_ns);
+                }
+            }
+            _ => {
+                if let Some(r) = self.response.as_mut() {
+                    r.end_ns = r.end_ns.max(io.end_ns);
+                }
+            }
+        }
+    }
+
+    fn direction_of_requests(&self) -> Option<Dir> {
+        self.role.map(|r| match r {
+            Role::Server => Dir::Read,
+            Role::Client => Dir::Write,
+        })
+    }
+
+    /// The message moving in `dir` is complete at `end_ns`.
+    fn message_done(&mut self, dir: Dir, end_ns: u64, done: &mut Vec<Exchange>) {
+        if Some(dir) == self.direction_of_requests() {
+            return; // a request's end only moves its end time; it waits for its response
+        }
+        if let Some(mut resp) = self.response.take() {
+            resp.end_ns = resp.end_ns.max(end_ns);
+            match (self.pending.pop_front(), self.role) {
+                (Some(request), Some(role)) => done.push(Exchange {
+                    role,
+                    request,
+                    response: resp,
+                }),
+                _ => self.counts.unmatched += 1,
+            }
+        }
+    }
+
+    /// Parses message starts from `buf` (everything moved so far for the first one): more
+    /// than one when requests are pipelined in one transfer.
+    fn start_message(
+        &mut self,
+        io: &Io<'_>,
+        buf: &[u8],
+        start_ns: u64,
+        fully_captured: bool,
+        done: &mut Vec<Exchange>,
+    ) -> State {
+        // Bytes moved beyond the captured ones: they follow everything in `buf`.
+        let uncaptured = io.len.saturating_sub(io.data.len() as u64);
+        let mut offset = 0;
+        let mut start_ns = start_ns;
+        loop {
+            let rest = &buf[offset..];
+            match parse_head(rest, start_ns, io.end_ns) {
+                Parsed::Complete(head, body) => {
+                    let after_head = (rest.len() - head_len(&head)) as u64;
+                    self.accept(io.dir, head, done);
+                    if body.chunked {
+                        if fully_captured && rest.ends_with(b"0\r\n\r\n") {
+                            self.message_done(io.dir, io.end_ns, done);
+                            return State::Idle;
+                        }
+                        return State::Chunked;
+                    }
+                    let Some(n) = body.length else {
+                        // A response without a length (Connection: close) ends at close.
+                        return State::Idle;
+                    };
+                    if n > after_head + uncaptured {
+                        return State::Body {
+                            remaining: n - after_head - uncaptured,
+                        };
+                    }
+                    self.message_done(io.dir, io.end_ns, done);
+                    // n <= after_head + uncaptured: the next message, if any, starts after it.
+                    let next = offset as u64 + (rest.len() as u64 - after_head) + n;
+                    if next >= buf.len() as u64 {
+                        return State::Idle;
+                    }
+                    offset = next as usize;
+                    start_ns = io.start_ns;
+                }
+                Parsed::Partial if fully_captured => {
+                    return State::Head {
+                        buf: rest.to_vec(),
+                        start_ns,
+                    }
+                }
+                Parsed::Partial | Parsed::Truncated(_) => {
+                    // Cut off by the capture prefix: keep what the first line says; the
+                    // message's length is unknown, so wait for the next message start.
+                    if let Parsed::Truncated(Some(head)) =
+                        parse_first_line(rest, start_ns, io.end_ns)
+                    {
+                        self.counts.truncated += 1;
+                        self.accept(io.dir, head, done);
+                    } else {
+                        self.counts.not_http += 1;
+                    }
+                    return State::Lost;
+                }
+                Parsed::NotHttp => {
+                    self.counts.not_http += 1;
+                    return State::Lost;
+                }
+            }
+        }
+    }
+
+    /// A parsed head moved in `dir`: a request joins the queue, a response starts.
+    fn accept(&mut self, dir: Dir, head: Head, done: &mut Vec<Exchange>) {
+        match head {
+            Head::Request(r, _) => {
+                self.counts.requests += 1;
+                let role = match dir {
+                    Dir::Read => Role::Server,
+                    Dir::Write => Role::Client,
+                };
+                self.role.get_or_insert(role);
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_front();
+                    self.counts.unanswered += 1;
+                }
+                self.pending.push_back(r);
+            }
+            Head::Response(r, _) => {
+                self.counts.responses += 1;
+                // A response without a length before this one ends here.
+                self.message_done(dir, r.start_ns, done);
+                if self.role.is_none() {
+                    self.role = Some(match dir {
+                        Dir::Read => Role::Client,
+                        Dir::Write => Role::Server,
+                    });
+                }
+                self.response = Some(r);
+            }
+        }
+    }
+}
+
+fn head_len(h: &Head) -> usize {
+    match h {
+        Head::Request(_, n) | Head::Response(_, n) => *n,
+    }
+}
+
+enum Parsed {
+    Complete(Head, BodyLen),
+    /// The headers continue beyond these bytes.
+    Partial,
+    /// The first line, as far as it could be read (for heads cut off by the capture).
+    Truncated(Option<Head>),
+    NotHttp,
+}
+
+fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .map(str::trim)
+}
+
+fn body_len(headers: &[httparse::Header<'_>]) -> BodyLen {
+    let chunked = header(headers, "transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    BodyLen {
+        length: header(headers, "content-length").and_then(|v| v.parse().ok()),
+        chunked,
+    }
+}
+
+fn parse_head(buf: &[u8], start_ns: u64, end_ns: u64) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    if looks_like_request(buf) {
+        let mut req = httparse::Request::new(&mut headers);
+        return match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let body = body_len(req.headers);
+                let owned = |name: &str| header(req.headers, name).map(str::to_string);
+                let r = Request {
+                    method: req.method.unwrap_or_default().to_string(),
+                    target: req.path.unwrap_or_default().to_string(),
+                    version: req.version.unwrap_or(1),
+                    host: owned("host"),
+                    user_agent: owned("user-agent"),
+                    content_type: owned("content-type"),
+                    traceparent: owned("traceparent"),
+                    tracestate: owned("tracestate"),
+                    start_ns,
+                    end_ns,
+                };
+                // A request without Content-Length has no body.
+                let body = BodyLen {
+                    length: Some(body.length.unwrap_or(0)),
+                    chunked: body.chunked,
+                };
+                Parsed::Complete(Head::Request(r, n), body)
+            }
+            Ok(httparse::Status::Partial) => Parsed::Partial,
+            Err(_) => Parsed::NotHttp,
+        };
+    }
+    if looks_like_response(buf) {
+        let mut resp = httparse::Response::new(&mut headers);
+        return match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let mut body = body_len(resp.headers);
+                let status = resp.code.unwrap_or(0);
+                // 1xx, 204 and 304 have no body.
+                if status < 200 || status == 204 || status == 304 {
+                    body = BodyLen {
+                        length: Some(0),
+                        chunked: false,
+                    };
+                }
+                let r = Response {
+                    status,
+                    version: resp.version.unwrap_or(1),
+                    start_ns,
+                    end_ns,
+                };
+                Parsed::Complete(Head::Response(r, n), body)
+            }
+            Ok(httparse::Status::Partial) => Parsed::Partial,
+            Err(_) => Parsed::NotHttp,
+        };
+    }
+    Parsed::NotHttp
+}
+
+/// The first line of a head the capture cut off: `GET /path HTTP/1.1` or `HTTP/1.1 200 OK`.
+fn parse_first_line(buf: &[u8], start_ns: u64, end_ns: u64) -> Parsed {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = String::from_utf8_lossy(&buf[..line_end]);
+    let mut parts = line.trim_end().split(' ');
+    let (a, b, c) = (parts.next(), parts.next(), parts.next());
+    if looks_like_request(buf) {
+        let (Some(method), Some(target), Some(v)) = (a, b, c) else {
+            return Parsed::Truncated(None);
+        };
+        let Some(version) = v.strip_prefix("HTTP/1.").and_then(|m| m.parse().ok()) else {
+            return Parsed::Truncated(None);
+        };
+        return Parsed::Truncated(Some(Head::Request(
+            Request {
+                method: method.to_string(),
+                target: target.to_string(),
+                version,
+                host: None,
+                user_agent: None,
+                content_type: None,
+                traceparent: None,
+                tracestate: None,
+                start_ns,
+                end_ns,
+            },
+            buf.len(),
+        )));
+    }
+    let (Some(v), Some(code)) = (a, b) else {
+        return Parsed::Truncated(None);
+    };
+    match (
+        v.strip_prefix("HTTP/1.").and_then(|m| m.parse().ok()),
+        code.parse(),
+    ) {
+        (Some(version), Ok(status)) => Parsed::Truncated(Some(Head::Response(
+            Response {
+                status,
+                version,
+                start_ns,
+                end_ns,
+            },
+            buf.len(),
+        ))),
+        _ => Parsed::Truncated(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn io(dir: Dir, t: u64, data: &[u8]) -> Io<'_> {
+        Io {
+            dir,
+            start_ns: t,
+            end_ns: t + 5,
+            data,
+            len: data.len() as u64,
+        }
+    }
+
+    #[test]
+    fn a_server_exchange_with_a_body() {
+        let mut c = HttpConn::new();
+        let req = b"POST /orders/42?x=1 HTTP/1.1\r\nHost: shop\r\nContent-Length: 5\r\nUser-Agent: curl/8\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nab";
+        assert!(c.on_io(&io(Dir::Read, 10, req)).is_empty());
+        // The rest of the body in a second read.
+        assert!(c.on_io(&io(Dir::Read, 20, b"cde")).is_empty());
+        let resp = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+        let done = c.on_io(&io(Dir::Write, 30, resp));
+        assert_eq!(done.len(), 1);
+        let e = &done[0];
+        assert_eq!(e.role, Role::Server);
+        assert_eq!(
+            (e.request.method.as_str(), e.request.target.as_str()),
+            ("POST", "/orders/42?x=1")
+        );
+        assert_eq!(e.request.host.as_deref(), Some("shop"));
+        assert_eq!(e.request.user_agent.as_deref(), Some("curl/8"));
+        assert!(e.request.traceparent.is_some());
+        assert_eq!((e.request.start_ns, e.request.end_ns), (10, 25));
+        assert_eq!((e.response.status, e.response.end_ns), (201, 35));
+        assert_eq!(c.counts.requests, 1);
+    }
+
+    #[test]
+    fn keep_alive_and_pipelining_pair_in_order() {
+        let mut c = HttpConn::new();
+        // Two requests in one read, then a third on its own.
+        let two = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+        c.on_io(&io(Dir::Read, 1, two));
+        c.on_io(&io(Dir::Read, 2, b"GET /c HTTP/1.1\r\n\r\n"));
+        assert_eq!(c.counts.requests, 3);
+        let d1 = c.on_io(&io(
+            Dir::Write,
+            3,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ));
+        let d2 = c.on_io(&io(
+            Dir::Write,
+            4,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        ));
+        assert_eq!(d1[0].request.target, "/a");
+        assert_eq!(d1[0].response.status, 200);
+        assert_eq!(d2[0].request.target, "/b");
+        assert_eq!(d2[0].response.status, 404);
+        // Two responses in one write.
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 204 No Content\r\n\r\n";
+        c.on_io(&io(Dir::Read, 5, b"GET /d HTTP/1.1\r\n\r\n"));
+        let d = c.on_io(&io(Dir::Write, 6, both));
+        assert_eq!(
+            d.iter()
+                .map(|e| (e.request.target.as_str(), e.response.status))
+                .collect::<Vec<_>>(),
+            vec![("/c", 200), ("/d", 204)]
+        );
+    }
+
+    #[test]
+    fn headers_split_over_reads_are_joined() {
+        let mut c = HttpConn::new();
+        c.on_io(&io(Dir::Write, 1, b"GET /x HTTP/1.1\r\nHo"));
+        c.on_io(&io(Dir::Write, 2, b"st: h\r\n\r\n"));
+        let d = c.on_io(&io(
+            Dir::Read,
+            3,
+            b"HTTP/1.0 500 Oops\r\nContent-Length: 1\r\n\r\n!",
+        ));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].role, Role::Client);
+        assert_eq!(d[0].request.host.as_deref(), Some("h"));
+        assert_eq!(d[0].response.status, 500);
+    }
+
+    #[test]
+    fn a_chunked_response_ends_at_its_last_chunk() {
+        let mut c = HttpConn::new();
+        c.on_io(&io(Dir::Read, 1, b"GET / HTTP/1.1\r\n\r\n"));
+        let d = c.on_io(&io(
+            Dir::Write,
+            2,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ));
+        assert!(d.is_empty());
+        let d = c.on_io(&io(Dir::Write, 9, b"0\r\n\r\n"));
+        assert_eq!(d[0].response.end_ns, 14);
+    }
+
+    #[test]
+    fn a_body_longer_than_the_capture_is_skipped_by_length() {
+        let mut c = HttpConn::new();
+        c.on_io(&io(Dir::Read, 1, b"GET / HTTP/1.1\r\n\r\n"));
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+        // 64 KiB moved, the first bytes captured.
+        let w = Io {
+            dir: Dir::Write,
+            start_ns: 2,
+            end_ns: 3,
+            data: head,
+            len: 65_536,
+        };
+        assert!(c.on_io(&w).is_empty());
+        let rest = Io {
+            dir: Dir::Write,
+            start_ns: 4,
+            end_ns: 5,
+            data: b"xxxx",
+            len: 100_000 - (65_536 - head.len() as u64),
+        };
+        let d = c.on_io(&rest);
+        assert_eq!(d[0].response.end_ns, 5);
+    }
+
+    #[test]
+    fn a_head_cut_off_by_the_capture_keeps_its_first_line() {
+        let mut c = HttpConn::new();
+        let long = b"GET /very/long HTTP/1.1\r\nCookie: aaaaaaaa";
+        let r = Io {
+            dir: Dir::Read,
+            start_ns: 1,
+            end_ns: 2,
+            data: long,
+            len: 4000,
+        };
+        c.on_io(&r);
+        assert_eq!(c.counts.truncated, 1);
+        let d = c.on_io(&io(
+            Dir::Write,
+            3,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ));
+        assert_eq!(d[0].request.target, "/very/long");
+    }
+
+    #[test]
+    fn a_response_without_length_ends_at_close() {
+        let mut c = HttpConn::new();
+        c.on_io(&io(Dir::Read, 1, b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(c
+            .on_io(&io(Dir::Write, 2, b"HTTP/1.0 200 OK\r\n\r\nbody"))
+            .is_empty());
+        let d = c.on_close(50);
+        assert_eq!(d[0].response.end_ns, 50);
+    }
+
+    #[test]
+    fn non_http_is_counted_and_ignored() {
+        let mut c = HttpConn::new();
+        assert!(c
+            .on_io(&io(Dir::Read, 1, b"\x16\x03\x01 tls hello"))
+            .is_empty());
+        // Looks like a request, is not one.
+        assert!(c
+            .on_io(&io(Dir::Read, 2, b"GET / HTTP/9.9\r\n\r\n"))
+            .is_empty());
+        // Not a message start while lost: skipped, not counted again.
+        assert!(c.on_io(&io(Dir::Read, 3, b"more bytes")).is_empty());
+        assert_eq!(c.counts.not_http, 2);
+        assert_eq!(c.counts.requests, 0);
+        let d = c.on_io(&io(
+            Dir::Write,
+            4,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ));
+        assert!(d.is_empty());
+        assert_eq!(c.counts.unmatched, 1);
+    }
+
+    proptest! {
+        /// Any bytes, cut anywhere, in any direction, never panic, and every exchange has a
+        /// request and a response in time order.
+        #[test]
+        fn arbitrary_transfers_never_panic(
+            ios in proptest::collection::vec(
+                (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..200), 0u64..5000),
+                0..40,
+            ),
+            prefix in proptest::sample::select(vec![
+                b"GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\n".to_vec(),
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+                b"POST /x HTTP/1.1\r\nContent-Length: 999999999999999999999\r\n".to_vec(),
+                Vec::new(),
+            ]),
+        ) {
+            let mut c = HttpConn::new();
+            let mut t = 0;
+            for (i, (read, bytes, extra)) in ios.iter().enumerate() {
+                let data: Vec<u8> = if i % 3 == 0 {
+                    prefix.iter().chain(bytes.iter()).copied().collect()
+                } else {
+                    bytes.clone()
+                };
+                t += 10;
+                let io = Io {
+                    dir: if *read { Dir::Read } else { Dir::Write },
+                    start_ns: t,
+                    end_ns: t + 1,
+                    data: &data,
+                    len: data.len() as u64 + extra,
+                };
+                for e in c.on_io(&io) {
+                    prop_assert!(e.request.start_ns <= e.response.end_ns);
+                }
+            }
+            c.on_close(t + 100);
+        }
+    }
+}
