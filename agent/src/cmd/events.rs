@@ -178,8 +178,12 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
         .and_then(|_| out.flush())
         .map_err(EventsError::Output)?;
     eprintln!(
-        "kspan: {} events, {} lost (ring buffer full), {} undecodable, {} syscalls not measured (start table full)",
-        summary.events, summary.lost_ringbuf_full, summary.undecodable, summary.start_table_full
+        "kspan: {} events, {} lost (ring buffer full), {} shed (ring buffer 3/4 full, not failures), {} undecodable, {} syscalls not measured (start table full)",
+        summary.events,
+        summary.lost_ringbuf_full,
+        summary.shed_ringbuf,
+        summary.undecodable,
+        summary.start_table_full
     );
     Ok(summary)
 }
