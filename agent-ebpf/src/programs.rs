@@ -198,8 +198,20 @@ static PENDING_ACCEPTS: LruHashMap<u64, TcpEvent> = LruHashMap::with_max_entries
 /// Submit flags: no wake-up, unless the ring buffer holds WAKEUP_BYTES or more.
 #[inline(always)]
 fn submit_flags() -> u64 {
+    submit_flags_at(ring_fill())
+}
+
+/// Bytes waiting in the ring buffer.
+#[inline(always)]
+fn ring_fill() -> u64 {
+    EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+}
+
+/// Submit flags for a ring buffer holding `fill` bytes.
+#[inline(always)]
+fn submit_flags_at(fill: u64) -> u64 {
     let threshold = setting_u64(&WAKEUP_BYTES);
-    if threshold != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+    if threshold != 0 && fill >= threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -365,12 +377,12 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     if duration < setting_u64(&MIN_DURATION_NS).max(governed) && !failed {
         return;
     }
-    if !failed {
-        let shed = setting_u64(&SHED_BYTES);
-        if shed != 0 && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= shed {
-            count(Counter::RingbufShed);
-            return;
-        }
+    // One look at the fill level serves both the shedding and the wake-up decision.
+    let fill = ring_fill();
+    let shed = setting_u64(&SHED_BYTES);
+    if !failed && shed != 0 && fill >= shed {
+        count(Counter::RingbufShed);
+        return;
     }
     let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
         count(Counter::RingbufFull);
@@ -399,7 +411,7 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
             },
         },
     });
-    entry.submit(submit_flags());
+    entry.submit(submit_flags_at(fill));
     count(Counter::Submitted);
 }
 
@@ -889,11 +901,13 @@ fn on_sock_io(ctx: &TracePointContext) -> Result<(), i64> {
         let _ = CONNS.remove(&sk);
         return Ok(());
     };
-    ev.header.flags &= !TCP_FLAG_PID_UNKNOWN;
-    ev.header.pid = (owner.pid_tgid >> 32) as u32;
-    ev.header.tid = owner.pid_tgid as u32;
-    ev.header.cgroup_id = owner.cgroup_id;
-    ev.header.comm = owner.comm;
+    ev.header = tcp_header(
+        EventKind::TcpAccept,
+        &owner,
+        ev.header.flags & !TCP_FLAG_PID_UNKNOWN,
+        ev.header.start_ns,
+        ev.header.duration_ns,
+    );
     tcp_hist(TCP_HIST_ACCEPT, ev.header.duration_ns);
     submit_tcp(&ev);
     if let Some(c) = CONNS.get_ptr_mut(&sk) {
