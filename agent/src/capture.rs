@@ -605,18 +605,12 @@ impl Capture {
 
     /// Kernel-side loss and submit counters (cheap: four map lookups); `syscalls_measured` is 0.
     pub fn loss_counters(&self) -> KernelCounters {
-        let get = |c: Counter| -> u64 {
-            self.counters
-                .get(&(c as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
         KernelCounters {
-            ringbuf_full: get(Counter::RingbufFull),
-            ringbuf_shed: get(Counter::RingbufShed),
-            start_table_full: get(Counter::StartTableFull),
-            tcp_table_full: get(Counter::TcpTableFull),
-            submitted: get(Counter::Submitted),
+            ringbuf_full: self.counter(Counter::RingbufFull),
+            ringbuf_shed: self.counter(Counter::RingbufShed),
+            start_table_full: self.counter(Counter::StartTableFull),
+            tcp_table_full: self.counter(Counter::TcpTableFull),
+            submitted: self.counter(Counter::Submitted),
             syscalls_measured: 0,
         }
     }
@@ -703,8 +697,13 @@ impl Capture {
 
     /// Calls the per-process histograms could not count (their map was full).
     pub fn proc_hist_full(&self) -> u64 {
+        self.counter(Counter::ProcHistFull)
+    }
+
+    /// One kernel counter, summed over CPUs (0 if unreadable).
+    fn counter(&self, c: Counter) -> u64 {
         self.counters
-            .get(&(Counter::ProcHistFull as u32), 0)
+            .get(&(c as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
     }

@@ -308,11 +308,7 @@ pub fn effective_exporter(cfg: &ExporterSection) -> Result<ExporterSection, Expo
     e.protocol = Some(protocol);
     e.endpoint = Some(resolve_endpoint(cfg, protocol).0);
     if e.timeout.is_none() {
-        e.timeout = Some(
-            otlp_env("TIMEOUT")
-                .and_then(|ms| ms.trim().parse().ok())
-                .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis),
-        );
+        e.timeout = Some(env_timeout());
     }
     if e.compression.is_none() {
         e.compression = Some(match otlp_env("COMPRESSION").as_deref().map(str::trim) {
@@ -349,14 +345,7 @@ pub fn resolve_protocol(cfg: &ExporterSection) -> Result<Protocol, ExportError> 
 /// (reqwest with rustls and the export timeout) plus the roots and identity.
 fn http_client(tls: &TlsFiles, timeout: Option<Duration>) -> Result<reqwest::Client, ExportError> {
     let bad = |what: &str, e: reqwest::Error| ExportError::Tls(format!("{what}: {e}"));
-    let env_timeout = || {
-        otlp_env("TIMEOUT")
-            .and_then(|ms| ms.trim().parse().ok())
-            .map(Duration::from_millis)
-    };
-    let timeout = timeout
-        .or_else(env_timeout)
-        .unwrap_or(DEFAULT_EXPORT_TIMEOUT);
+    let timeout = timeout.unwrap_or_else(env_timeout);
     let mut b = reqwest::Client::builder().timeout(timeout);
     if let Some(ca) = &tls.ca {
         let certs = reqwest::Certificate::from_pem_bundle(ca).map_err(|e| bad("ca_file", e))?;
@@ -382,6 +371,14 @@ pub(crate) fn error_hint(e: &str) -> &'static str {
     } else {
         ""
     }
+}
+
+/// The export timeout when none is configured: `OTEL_EXPORTER_OTLP_{TRACES_,}TIMEOUT` (ms,
+/// checked by `check_env`), else OTLP's default.
+fn env_timeout() -> Duration {
+    otlp_env("TIMEOUT")
+        .and_then(|ms| ms.trim().parse().ok())
+        .map_or(DEFAULT_EXPORT_TIMEOUT, Duration::from_millis)
 }
 
 /// OTLP's default export timeout, used for a client kspan builds itself.

@@ -137,10 +137,6 @@ impl<T> QueueRx<T> {
     pub fn held(&self) -> usize {
         self.capacity - self.room.available_permits()
     }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 #[cfg(test)]
