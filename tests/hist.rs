@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{require_root, KspanProc, Trigger, KSPAN};
+use common::{cgroup2_root, require_root, KspanProc, Trigger, KSPAN};
 
 /// A running `kspan hist --json ...` (cumulative), stopped with SIGTERM.
 struct Hist(KspanProc);
@@ -341,15 +341,7 @@ fn bad_input_is_a_clear_error() {
 #[test]
 fn a_full_per_process_map_is_counted() {
     require_root();
-    let root = std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_string())
-        })
-        .expect("a cgroup2 mount");
-    let cg = format!("{root}/kspan-procfull-{}", std::process::id());
+    let cg = format!("{}/kspan-procfull-{}", cgroup2_root(), std::process::id());
     std::fs::create_dir_all(&cg).unwrap();
     let per_syscall = Hist::start(&["--cgroup", &cg]);
     let per_process = Hist::start(&["--view", "process", "--cgroup", &cg]);

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{free_port, require_root, venv_bin, KspanProc, Trigger, KSPAN};
+use common::{cgroup2_root, free_port, require_root, venv_bin, KspanProc, Trigger, KSPAN};
 
 /// The Python OTLP receiver; collects every span it decodes.
 struct Receiver {
@@ -1586,18 +1586,6 @@ fn adjusted_count(trace_state: &str) -> f64 {
         }
         None => 1.0,
     }
-}
-
-/// The cgroup v2 mount point (pure v2, or the hybrid layout's `unified`).
-fn cgroup2_root() -> String {
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_string())
-        })
-        .expect("a cgroup2 mount")
 }
 
 /// `kspan run` with the default sampling while cargo builds (part of) kspan in a cgroup of

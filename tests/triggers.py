@@ -214,7 +214,7 @@ def flood(seconds):
     me = os.path.abspath(__file__)
     calls = 0
     sleeps = 0
-    refused = None
+    refused_port = None
     t0 = time.monotonic()
     end = t0 + seconds
     next_sleep = t0 + 0.1
@@ -222,8 +222,8 @@ def flood(seconds):
         now = time.monotonic()
         if now >= end and sleeps == 10:
             break
-        if refused is None and now - t0 > 0.2:
-            refused = refused_once()
+        if refused_port is None and now - t0 > 0.2:
+            refused_port = refused(socket.AF_INET, "127.0.0.1")["port"]
         if sleeps < 10 and now >= next_sleep:
             time.sleep(0.030)
             sleeps += 1
@@ -240,7 +240,7 @@ def flood(seconds):
         calls += 1000
     elapsed = time.monotonic() - t0
     return {"calls": calls, "per_second": calls / elapsed, "sleeps": sleeps,
-            "refused_port": refused, "tid": threading.get_native_id()}
+            "refused_port": refused_port, "tid": threading.get_native_id()}
 
 
 def shed(n):
@@ -259,21 +259,6 @@ def shed(n):
         except NotADirectoryError:
             pass
     return {"getppid": calls, "failures": n}
-
-
-def refused_once():
-    """A connect to a port nobody listens on (RST: ECONNREFUSED); returns the port."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", port))
-    except ConnectionRefusedError:
-        pass
-    s.close()
-    return port
 
 
 def getppid(n):

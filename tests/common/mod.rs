@@ -122,6 +122,18 @@ impl Drop for KspanProc {
     }
 }
 
+/// The cgroup v2 mount point (pure v2, or the hybrid layout's `unified`).
+pub fn cgroup2_root() -> String {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_string())
+        })
+        .expect("a cgroup2 mount")
+}
+
 /// Ids of the BPF programs a process holds (from its fds' /proc fdinfo `prog_id`), so a test
 /// counts only what its own kspan loaded, whatever else runs on the host.
 pub fn prog_ids_of(pid: u32) -> Vec<u64> {
