@@ -21,6 +21,8 @@ pub enum EventKind {
     TcpConnect = 2,
     TcpAccept = 3,
     TcpClose = 4,
+    /// A transfer on a TCP socket that carries HTTP/1.x (see [`HttpData`]).
+    Http = 5,
 }
 
 /// Common header of every ring-buffer record.
@@ -81,6 +83,36 @@ pub struct TcpData {
     pub error: u32,
 }
 
+/// Payload of an HTTP transfer event: a read or write on a TCP socket whose bytes start like
+/// an HTTP/1.x message, or any later transfer on such a socket (bodies, headers split over
+/// several calls), or the socket's close (`HTTP_FLAG_CLOSE`). The record is followed by
+/// `captured` bytes: the first bytes moved (at most the configured prefix). Records are
+/// variable-length: header, this, then the bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpData {
+    /// Kernel address of the socket: the connection's identity while it lives.
+    pub sk: u64,
+    /// The fd the process used (0 on close records).
+    pub fd: u64,
+    /// Bytes the syscall moved (its return value).
+    pub len: u64,
+    /// Syscall number.
+    pub nr: u32,
+    /// Bytes that follow this struct in the record.
+    pub captured: u32,
+}
+
+/// `HttpData` header flag: the process wrote (sent) the bytes; otherwise it read them.
+pub const HTTP_FLAG_WRITE: u32 = 1;
+/// `HttpData` header flag: the socket closed; no bytes follow.
+pub const HTTP_FLAG_CLOSE: u32 = 2;
+/// `HttpData` header flag: the bytes start like an HTTP/1.x message.
+pub const HTTP_FLAG_START: u32 = 4;
+/// Largest prefix of a transfer the kernel copies (the `http.prefix_bytes` setting is at most
+/// this).
+pub const HTTP_PREFIX_MAX: usize = 4096;
+
 /// A ring-buffer record: header then payload.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,6 +123,16 @@ pub struct Event<T> {
 
 pub type SyscallEvent = Event<SyscallData>;
 pub type TcpEvent = Event<TcpData>;
+pub type HttpEvent = Event<HttpData>;
+
+/// An HTTP record as the kernel builds it before sending its first
+/// `size_of::<HttpEvent>() + captured` bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HttpRecord {
+    pub event: HttpEvent,
+    pub buf: [u8; HTTP_PREFIX_MAX],
+}
 
 /// `TcpData` flag: the connect failed (see `error`).
 pub const TCP_FLAG_FAILED: u32 = 1;
@@ -130,6 +172,9 @@ pub enum Counter {
     RingbufShed = 4,
     /// Calls not counted in the per-process histograms: their map was full.
     ProcHistFull = 5,
+    /// HTTP sockets not followed: their table was full (a new HTTP message start on such a
+    /// socket is still captured).
+    HttpTableFull = 6,
 }
 pub const COUNTERS_LEN: u32 = 8;
 
@@ -155,6 +200,7 @@ pub mod globals {
     pub const SHED_BYTES: &str = "SHED_BYTES";
     pub const TCP_SOCK_SRTT_US_OFFSET: &str = "TCP_SOCK_SRTT_US_OFFSET";
     pub const TCP_REQ_SNT_SYNACK_OFFSET: &str = "TCP_REQ_SNT_SYNACK_OFFSET";
+    pub const HTTP_PREFIX: &str = "HTTP_PREFIX";
     pub const ALL: &[&str] = &[
         SELF_TGID,
         FILTER_FLAGS,
@@ -169,6 +215,7 @@ pub mod globals {
         SHED_BYTES,
         TCP_SOCK_SRTT_US_OFFSET,
         TCP_REQ_SNT_SYNACK_OFFSET,
+        HTTP_PREFIX,
     ];
 }
 
@@ -188,6 +235,8 @@ pub mod maps {
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
     pub const EXPECTED_ERRNOS: &str = "EXPECTED_ERRNOS";
+    pub const HTTP_SOCKS: &str = "HTTP_SOCKS";
+    pub const HTTP_SCRATCH: &str = "HTTP_SCRATCH";
     pub const ALL: &[&str] = &[
         EVENTS,
         COUNTERS,
@@ -203,6 +252,8 @@ pub mod maps {
         FILTER_COMMS,
         FILTER_SYSCALLS,
         EXPECTED_ERRNOS,
+        HTTP_SOCKS,
+        HTTP_SCRATCH,
     ];
 }
 
@@ -261,6 +312,11 @@ pub struct ProcHistKey {
 pub struct SyscallStart {
     pub ts: u64,
     pub arg0: u64,
+    /// Second argument (classic tracepoints only; raw tracepoints read it at exit).
+    pub arg1: u64,
+    /// The TCP socket this call moved bytes on (set by `sock_send_length` /
+    /// `sock_recv_length` while the call runs), or 0.
+    pub sk: u64,
     /// Syscall number + 1; 0 marks a free slot.
     pub nr1: u32,
     pub _pad: u32,
@@ -330,6 +386,10 @@ mod tests {
         assert_eq!(size_of::<TcpData>(), 8 + 4 * 2 + 32 + 8);
         assert_eq!(size_of::<SyscallEvent>(), 56 + 24);
         assert_eq!(size_of::<TcpEvent>(), 56 + 56);
+        assert_eq!(size_of::<HttpData>(), 32);
+        assert_eq!(size_of::<HttpEvent>(), 56 + 32);
+        assert_eq!(size_of::<HttpRecord>(), 56 + 32 + HTTP_PREFIX_MAX);
+        assert_eq!(size_of::<SyscallStart>(), 40);
     }
 
     #[test]

@@ -1,15 +1,16 @@
 use agent_common::{
-    log2_bucket, Counter, EventHeader, EventKind, ProcHistKey, SyscallData, SyscallEvent,
-    SyscallStart, TcpData, TcpEvent, COMM_LEN, COUNTERS_LEN, EXPECTED_ERRNO_LIMIT, FILTER_CGROUP,
-    FILTER_COMM, FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS, SYSCALL_FLAG_EXPECTED,
-    TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PASSIVE, TCP_FLAG_PID_UNKNOWN,
-    TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
+    log2_bucket, Counter, EventHeader, EventKind, HttpData, HttpEvent, HttpRecord, ProcHistKey,
+    SyscallData, SyscallEvent, SyscallStart, TcpData, TcpEvent, COMM_LEN, COUNTERS_LEN,
+    EXPECTED_ERRNO_LIMIT, FILTER_CGROUP, FILTER_COMM, FILTER_PID, FILTER_SYSCALL, HIST_BUCKETS,
+    HTTP_FLAG_CLOSE, HTTP_FLAG_START, HTTP_FLAG_WRITE, HTTP_PREFIX_MAX, MAX_SYSCALLS,
+    SYSCALL_FLAG_EXPECTED, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PASSIVE,
+    TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -61,6 +62,11 @@ static TCP_SOCK_SRTT_US_OFFSET: u32 = 0;
 /// Byte offset of `tcp_request_sock.snt_synack` from the kernel's BTF; 0: unknown.
 #[unsafe(no_mangle)]
 static TCP_REQ_SNT_SYNACK_OFFSET: u32 = 0;
+
+/// Bytes of each HTTP transfer copied to userspace (at most `HTTP_PREFIX_MAX`); 0: HTTP
+/// capture off.
+#[unsafe(no_mangle)]
+static HTTP_PREFIX: u32 = 0;
 
 #[inline(always)]
 fn setting_u32(v: &'static u32) -> u32 {
@@ -195,6 +201,17 @@ static LISTENERS: HashMap<u16, Owner> = HashMap::with_max_entries(4096, 0);
 #[map]
 static PENDING_ACCEPTS: LruHashMap<u64, TcpEvent> = LruHashMap::with_max_entries(8192, 0);
 
+/// TCP sockets that carried an HTTP/1.x message start: every later transfer on them goes to
+/// userspace too (bodies, split headers), until close. LRU: sockets whose close kspan missed
+/// age out.
+#[map]
+static HTTP_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-CPU room to build an HTTP record (too large for the stack) before it is copied to the
+/// ring buffer at its real length.
+#[map]
+static HTTP_SCRATCH: PerCpuArray<HttpRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// Submit flags: no wake-up, unless the ring buffer holds WAKEUP_BYTES or more.
 #[inline(always)]
 fn submit_flags() -> u64 {
@@ -255,7 +272,7 @@ fn task_selected(pid_tgid: u64, flags: u32) -> bool {
 
 /// Common sys_enter logic. Returns early for anything not selected.
 #[inline(always)]
-fn on_sys_enter(nr: i64, arg0: u64) {
+fn on_sys_enter(nr: i64, arg0: u64, arg1: u64) {
     if nr < 0 || nr >= MAX_SYSCALLS as i64 {
         return;
     }
@@ -278,6 +295,8 @@ fn on_sys_enter(nr: i64, arg0: u64) {
     let start = SyscallStart {
         ts: unsafe { bpf_ktime_get_ns() },
         arg0,
+        arg1,
+        sk: 0,
         nr1: nr as u32 + 1,
         _pad: 0,
     };
@@ -315,8 +334,8 @@ fn proc_hist_add(pid_tgid: u64, nr: u32, bucket: u32) {
     }
 }
 
-/// Common sys_exit logic. With `regs` (raw tracepoint), arg0 is read from the saved user
-/// registers only when an event is made, not on every syscall.
+/// Common sys_exit logic. With `regs` (raw tracepoint), arguments are read from the saved
+/// user registers only when an event is made, not on every syscall.
 #[inline(always)]
 fn on_sys_exit(ret: i64, regs: *const u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -339,6 +358,17 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
         let _ = STARTS_HASH.remove(&tid);
         s
     };
+    syscall_done(&start, ret, regs, pid_tgid, now);
+    // After the syscall's own event: userspace sees the call before the HTTP message it ends.
+    if start.sk != 0 && ret > 0 {
+        http_transfer(&start, ret, regs, pid_tgid, now);
+    }
+}
+
+/// Histograms and the syscall event of a finished call.
+#[inline(always)]
+fn syscall_done(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64, now: u64) {
+    let tid = pid_tgid as u32;
     let nr = start.nr1 - 1;
     if nr as usize >= MAX_SYSCALLS {
         return;
@@ -403,16 +433,202 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
             nr,
             _pad: 0,
             ret,
-            arg0: if regs.is_null() {
-                start.arg0
-            } else {
-                // x86_64 pt_regs: di (the first syscall argument) is the 15th u64.
-                unsafe { bpf_probe_read_kernel(regs.wrapping_add(14)) }.unwrap_or(0)
-            },
+            arg0: syscall_arg(regs, 0, start.arg0),
         },
     });
     entry.submit(submit_flags_at(fill));
     count(Counter::Submitted);
+}
+
+/// The `n`th (0 or 1) syscall argument: from the saved user registers (raw tracepoints) or
+/// as saved at entry (classic tracepoints).
+#[inline(always)]
+fn syscall_arg(regs: *const u64, n: usize, saved: u64) -> u64 {
+    if regs.is_null() {
+        return saved;
+    }
+    // x86_64 pt_regs: di (argument 1) is the 15th u64, si (argument 2) the 14th.
+    unsafe { bpf_probe_read_kernel(regs.wrapping_add(14 - n)) }.unwrap_or(0)
+}
+
+// ---- HTTP ----
+
+const SYS_READ: u32 = 0;
+const SYS_WRITE: u32 = 1;
+const SYS_READV: u32 = 19;
+const SYS_WRITEV: u32 = 20;
+const SYS_SENDTO: u32 = 44;
+const SYS_RECVFROM: u32 = 45;
+const SYS_SENDMSG: u32 = 46;
+const SYS_RECVMSG: u32 = 47;
+
+/// Whether the first bytes of a transfer start an HTTP/1.x message: a method and a space, or
+/// `HTTP/1.`. `len`: bytes moved (the rest of `b` may be anything).
+#[inline(always)]
+fn http_start(b: &[u8; 8], len: i64) -> bool {
+    let starts = |p: &[u8]| len >= p.len() as i64 && b[..p.len()] == *p;
+    match b[0] {
+        b'G' => starts(b"GET "),
+        b'P' => starts(b"POST ") || starts(b"PUT ") || starts(b"PATCH "),
+        b'H' => starts(b"HTTP/1.") || starts(b"HEAD "),
+        b'D' => starts(b"DELETE "),
+        b'O' => starts(b"OPTIONS "),
+        b'C' => starts(b"CONNECT "),
+        b'T' => starts(b"TRACE "),
+        _ => false,
+    }
+}
+
+/// A read or write on a TCP socket finished, moving `ret` (> 0) bytes: if its bytes start an
+/// HTTP message, or its socket carried one before, its first bytes go to userspace.
+#[inline(always)]
+fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64, now: u64) {
+    let prefix = setting_u32(&HTTP_PREFIX);
+    if prefix == 0 {
+        return;
+    }
+    let nr = start.nr1 - 1;
+    let write = match nr {
+        SYS_READ | SYS_READV | SYS_RECVFROM | SYS_RECVMSG => false,
+        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG => true,
+        _ => return,
+    };
+    let arg1 = syscall_arg(regs, 1, start.arg1);
+    // Where the bytes are: the buffer, or the first iovec's (readv/writev: the iovec array;
+    // sendmsg/recvmsg: the msghdr, whose msg_iov is at 16).
+    let (buf, room) = match nr {
+        SYS_READV | SYS_WRITEV | SYS_SENDMSG | SYS_RECVMSG => {
+            let iov = if nr == SYS_SENDMSG || nr == SYS_RECVMSG {
+                match unsafe { bpf_probe_read_user((arg1 + 16) as *const u64) } {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            } else {
+                arg1
+            };
+            match unsafe { bpf_probe_read_user(iov as *const [u64; 2]) } {
+                Ok([base, len]) => (base, len as i64),
+                Err(_) => return,
+            }
+        }
+        _ => (arg1, ret),
+    };
+    let moved = if room < ret { room } else { ret };
+    let first: [u8; 8] = unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }.unwrap_or([0; 8]);
+    let is_start = http_start(&first, moved);
+    if is_start {
+        if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none()
+            && HTTP_SOCKS.insert(&start.sk, &1, 0).is_err()
+        {
+            count(Counter::HttpTableFull);
+        }
+    } else if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none() {
+        return;
+    }
+    let Some(rec) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let mut n = if moved < prefix as i64 {
+        moved as u32
+    } else {
+        prefix
+    };
+    if n > HTTP_PREFIX_MAX as u32 {
+        n = HTTP_PREFIX_MAX as u32;
+    }
+    let rec = unsafe { &mut *rec };
+    let mut flags = if write { HTTP_FLAG_WRITE } else { 0 };
+    if is_start {
+        flags |= HTTP_FLAG_START;
+    }
+    if bpf_probe_read_user_buf_bounded(buf, &mut rec.buf, n).is_err() {
+        n = 0;
+    }
+    rec.event = HttpEvent {
+        header: EventHeader {
+            kind: EventKind::Http as u32,
+            flags,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            start_ns: start.ts,
+            duration_ns: now.saturating_sub(start.ts),
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            comm: comm(),
+        },
+        data: HttpData {
+            sk: start.sk,
+            fd: syscall_arg(regs, 0, start.arg0),
+            len: ret as u64,
+            nr,
+            captured: n,
+        },
+    };
+    output_http(rec, n);
+}
+
+/// Copies `n` (<= HTTP_PREFIX_MAX) bytes of user memory at `src` into `dst`.
+#[inline(always)]
+fn bpf_probe_read_user_buf_bounded(
+    src: u64,
+    dst: &mut [u8; HTTP_PREFIX_MAX],
+    n: u32,
+) -> Result<(), i32> {
+    let n = n as usize;
+    if n == 0 || n > HTTP_PREFIX_MAX {
+        return Ok(());
+    }
+    unsafe { bpf_probe_read_user_buf(src as *const u8, &mut dst[..n]) }
+}
+
+/// Sends the first `size_of::<HttpEvent>() + n` bytes of `rec` to the ring buffer.
+#[inline(always)]
+fn output_http(rec: &HttpRecord, n: u32) {
+    let n = n as usize;
+    if n > HTTP_PREFIX_MAX {
+        return;
+    }
+    let size = core::mem::size_of::<HttpEvent>() + n;
+    // SAFETY: `size` is within the record; HttpRecord has no padding, so every byte is set.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((rec as *const HttpRecord).cast::<u8>(), size) };
+    let ret = EVENTS.output::<[u8]>(bytes, submit_flags());
+    if ret.is_err() {
+        count(Counter::RingbufFull);
+    } else {
+        count(Counter::Submitted);
+    }
+}
+
+/// A followed HTTP socket closed: userspace ends what was in flight on it.
+#[inline(always)]
+fn http_close(skaddr: u64, now: u64) {
+    if HTTP_SOCKS.remove(&skaddr).is_err() {
+        return;
+    }
+    let Some(rec) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let rec = unsafe { &mut *rec };
+    rec.event = HttpEvent {
+        header: EventHeader {
+            kind: EventKind::Http as u32,
+            flags: HTTP_FLAG_CLOSE,
+            pid: 0,
+            tid: 0,
+            start_ns: now,
+            duration_ns: 0,
+            cgroup_id: 0,
+            comm: [0; COMM_LEN],
+        },
+        data: HttpData {
+            sk: skaddr,
+            fd: 0,
+            len: 0,
+            nr: 0,
+            captured: 0,
+        },
+    };
+    output_http(rec, 0);
 }
 
 /// Whether `-ret` is listed as an expected outcome of syscall `nr`.
@@ -437,7 +653,7 @@ fn errno_expected(nr: u32, ret: i64) -> bool {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);
-    on_sys_enter(id, 0);
+    on_sys_enter(id, 0, 0);
     0
 }
 
@@ -455,7 +671,8 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
     let id: i64 = unsafe { ctx.read_at(8) }.unwrap_or(-1);
     let arg0: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    on_sys_enter(id, arg0);
+    let arg1: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
+    on_sys_enter(id, arg0, arg1);
     0
 }
 
@@ -750,6 +967,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
         (_, TCP_CLOSE) => {
+            http_close(skaddr, now);
             let Some(conn) = (unsafe { CONNS.get(&skaddr) }).copied() else {
                 return Ok(());
             };
@@ -885,13 +1103,23 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 /// `sock:sock_send_length` and `sock:sock_recv_length`: sk at 8, family at 16, protocol at
 /// 18, ret at 20. They run in the process that sends or receives, so the first one on an
 /// accepted socket whose owner is unknown names the owner and releases its accept event.
+///
+/// With HTTP capture on, they also mark the running syscall as a transfer on this TCP socket,
+/// so that its exit looks at the bytes (reads and writes on anything else never do).
 #[inline(always)]
-fn on_sock_io(ctx: &TracePointContext) -> Result<(), i64> {
+fn on_sock_io(ctx: &TracePointContext, recv: bool) -> Result<(), i64> {
     let protocol: u16 = unsafe { ctx.read_at(18) }?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let sk: u64 = unsafe { ctx.read_at(8) }?;
+    if setting_u32(&HTTP_PREFIX) != 0 {
+        // MSG_PEEK (2): the bytes stay queued and are read again.
+        let peek = recv && unsafe { ctx.read_at::<i32>(24) }.unwrap_or(0) & 2 != 0;
+        if !peek {
+            mark_socket_transfer(sk);
+        }
+    }
     let Some(mut ev) = (unsafe { PENDING_ACCEPTS.get(&sk) }).copied() else {
         return Ok(());
     };
@@ -919,16 +1147,32 @@ fn on_sock_io(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// Marks the current thread's in-flight syscall (if any) as moving bytes on socket `sk`.
+#[inline(always)]
+fn mark_socket_transfer(sk: u64) {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let p = if setting_u32(&STARTS_IN_ARRAY) != 0 {
+        STARTS_ARRAY.get_ptr_mut(tid)
+    } else {
+        STARTS_HASH.get_ptr_mut(&tid)
+    };
+    if let Some(p) = p {
+        if unsafe { (*p).nr1 } != 0 {
+            unsafe { (*p).sk = sk };
+        }
+    }
+}
+
 /// `sock:sock_send_length`; see `on_sock_io`.
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
-    let _ = on_sock_io(&ctx);
+    let _ = on_sock_io(&ctx, false);
     0
 }
 
 /// `sock:sock_recv_length`; see `on_sock_io`.
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
-    let _ = on_sock_io(&ctx);
+    let _ = on_sock_io(&ctx, true);
     0
 }

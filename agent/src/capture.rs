@@ -89,6 +89,9 @@ pub struct CaptureConfig {
     /// only when slow, flagged `SYSCALL_FLAG_EXPECTED`. Errnos must be below
     /// `EXPECTED_ERRNO_LIMIT`.
     pub expected_errnos: Vec<(u32, u32)>,
+    /// Bytes of each HTTP transfer on a TCP socket to copy (0: HTTP capture off). Needs the
+    /// syscall programs.
+    pub http_prefix: u32,
 }
 
 impl Default for CaptureConfig {
@@ -109,6 +112,7 @@ impl Default for CaptureConfig {
             starts: StartsTable::Auto,
             wakeup_bytes: None,
             expected_errnos: Vec::new(),
+            http_prefix: 0,
         }
     }
 }
@@ -345,6 +349,7 @@ impl Capture {
             KernelOffsets::default()
         };
         let srtt_offset = offsets.tcp_sock_srtt_us.unwrap_or(0);
+        let http_prefix = config.http_prefix.min(agent_common::HTTP_PREFIX_MAX as u32);
         let synack_offset = offsets.tcp_request_sock_snt_synack.unwrap_or(0);
 
         let mut loader = EbpfLoader::new();
@@ -362,6 +367,7 @@ impl Capture {
             .override_global(globals::SHED_BYTES, &shed_bytes, true)
             .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &srtt_offset, true)
             .override_global(globals::TCP_REQ_SNT_SYNACK_OFFSET, &synack_offset, true)
+            .override_global(globals::HTTP_PREFIX, &http_prefix, true)
             .map_max_entries(maps::EVENTS, rb)
             .map_max_entries(
                 maps::STARTS_ARRAY,
@@ -446,7 +452,10 @@ impl Capture {
                 "tcp",
                 "tcp_retransmit_synack",
             )?;
-            // The owner of an accepted connection whose listener kspan did not see listen.
+        }
+        // The owner of an accepted connection whose listener kspan did not see listen, and
+        // which syscalls move bytes on TCP sockets (HTTP capture).
+        if config.tcp || http_prefix != 0 {
             attach_tp(
                 &mut ebpf,
                 programs::SOCK_SEND_LENGTH,

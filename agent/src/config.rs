@@ -33,6 +33,8 @@ pub struct Config {
     pub pipeline: PipelineSection,
     pub resource: ResourceSection,
     pub metrics: MetricsSection,
+    /// HTTP/1.x request spans from socket reads and writes.
+    pub http: HttpSection,
     /// Samplers (rules -> adaptive -> budget). Default: [`default_sampling`]; `null` (or
     /// `--sampling off`) keeps every span.
     #[serde(default = "default_sampling")]
@@ -50,8 +52,39 @@ impl Default for Config {
             pipeline: PipelineSection::default(),
             resource: ResourceSection::default(),
             metrics: MetricsSection::default(),
+            http: HttpSection::default(),
             sampling: default_sampling(),
             governor: None,
+        }
+    }
+}
+
+/// Default bytes of each HTTP transfer the kernel copies.
+pub const DEFAULT_HTTP_PREFIX_BYTES: u32 = 1024;
+
+/// `http:` request spans.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// SERVER and CLIENT spans for HTTP/1.x requests seen on TCP sockets.
+    pub enabled: bool,
+    /// Bytes of each transfer copied from the process (64 to 4096): headers beyond them are
+    /// not read (method, target and status still are).
+    pub prefix_bytes: u32,
+    /// Connections with one of these local or remote ports are not followed.
+    pub ignore_ports: Vec<u16>,
+    /// Patterns masked in URL paths and queries (default: e-mail, phone, card numbers,
+    /// national ids, api_key/token/secret/password values); `[]`: none.
+    pub redact: Vec<crate::redact::Pattern>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            enabled: true,
+            prefix_bytes: DEFAULT_HTTP_PREFIX_BYTES,
+            ignore_ports: Vec::new(),
+            redact: crate::redact::default_patterns(),
         }
     }
 }
@@ -412,6 +445,8 @@ pub struct RunPlan {
     pub pipeline: PipelineSection,
     pub resource: ResourceSection,
     pub metrics: MetricsSection,
+    /// Request spans: `None` when `http.enabled` is false.
+    pub http: Option<crate::requests::HttpOptions>,
 }
 
 impl Config {
@@ -477,10 +512,35 @@ impl Config {
         capture.tcp = c.tcp;
         capture.ring_buffer_bytes = c.ring_buffer_bytes;
         capture.expected_errnos = expected_errnos(&c.expected_errors)?;
-        capture.syscall_hook = if c.syscall_spans {
+        capture.syscall_hook = if c.syscall_spans || self.http.enabled {
             crate::capture::SyscallHook::RawTracepoint
         } else {
             crate::capture::SyscallHook::Off
+        };
+        // HTTP capture rides on the syscall programs; their spans stay off if asked.
+        capture.emit_syscalls = c.syscall_spans;
+        let h = &self.http;
+        let http = if h.enabled {
+            if !(64..=agent_common::HTTP_PREFIX_MAX as u32).contains(&h.prefix_bytes) {
+                return Err(invalid(
+                    "http.prefix_bytes",
+                    format!(
+                        "{} is outside 64..={}",
+                        h.prefix_bytes,
+                        agent_common::HTTP_PREFIX_MAX
+                    ),
+                ));
+            }
+            capture.http_prefix = h.prefix_bytes;
+            let redactor = crate::redact::Redactor::new(&h.redact)
+                .map_err(|e| invalid("http.redact", e.to_string()))?;
+            Some(crate::requests::HttpOptions {
+                ignore_ports: h.ignore_ports.clone(),
+                redactor,
+                exporter_port: None,
+            })
+        } else {
+            None
         };
         let governor = self
             .governor
@@ -501,6 +561,7 @@ impl Config {
             pipeline: self.pipeline.clone(),
             resource: self.resource.clone(),
             metrics: self.metrics.clone(),
+            http,
         })
     }
 }

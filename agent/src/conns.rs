@@ -230,6 +230,17 @@ impl<R: FdResolver> Conns<R> {
         }
     }
 
+    /// The 4-tuple of a followed connection.
+    pub fn tuple_of(&self, skaddr: u64) -> Option<Tuple> {
+        self.by_sk.get(&skaddr).map(|o| o.tuple)
+    }
+
+    /// The 4-tuple of `pid`'s socket `fd`, looked up through the resolver (/proc).
+    pub fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple> {
+        self.lookups += 1;
+        self.resolver.resolve(pid, fd)
+    }
+
     pub fn open_count(&self) -> usize {
         self.by_sk.len()
     }

@@ -2,19 +2,29 @@
 //!
 //! Every record is length-checked before it is read; unknown kinds and short records are
 //! errors the caller counts, never a panic.
-use agent_common::{EventHeader, EventKind, SyscallData, TcpData};
+use agent_common::{EventHeader, EventKind, HttpData, SyscallData, TcpData, HTTP_PREFIX_MAX};
 
 /// A decoded ring-buffer record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     Syscall(EventHeader, SyscallData),
     Tcp(EventKind, EventHeader, TcpData),
+    /// An HTTP transfer and the bytes captured of it (`captured` of them).
+    Http(EventHeader, HttpData, Vec<u8>),
 }
 
 impl RawEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
-            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) => h,
+            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) | RawEvent::Http(h, _, _) => h,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self {
+            RawEvent::Syscall(..) => EventKind::Syscall,
+            RawEvent::Tcp(k, ..) => *k,
+            RawEvent::Http(..) => EventKind::Http,
         }
     }
 }
@@ -25,6 +35,8 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("unknown event kind {kind}")]
     UnknownKind { kind: u32 },
+    #[error("HTTP record claims {captured} captured bytes (at most {HTTP_PREFIX_MAX})")]
+    BadCapture { captured: u32 },
 }
 
 /// Reads a `T` from the start of `bytes` after checking the length.
@@ -54,10 +66,28 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         k if k == EventKind::TcpConnect as u32 => EventKind::TcpConnect,
         k if k == EventKind::TcpAccept as u32 => EventKind::TcpAccept,
         k if k == EventKind::TcpClose as u32 => EventKind::TcpClose,
+        k if k == EventKind::Http as u32 => EventKind::Http,
         kind => return Err(DecodeError::UnknownKind { kind }),
     };
     Ok(match kind {
         EventKind::Syscall => RawEvent::Syscall(header, read(bytes, HEADER)?),
+        EventKind::Http => {
+            let data: HttpData = read(bytes, HEADER)?;
+            if data.captured as usize > HTTP_PREFIX_MAX {
+                return Err(DecodeError::BadCapture {
+                    captured: data.captured,
+                });
+            }
+            let from = HEADER + std::mem::size_of::<HttpData>();
+            let need = from + data.captured as usize;
+            if bytes.len() < need {
+                return Err(DecodeError::Short {
+                    len: bytes.len(),
+                    need,
+                });
+            }
+            RawEvent::Http(header, data, bytes[from..need].to_vec())
+        }
         k => RawEvent::Tcp(k, header, read(bytes, HEADER)?),
     })
 }
@@ -79,6 +109,11 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
         RawEvent::Tcp(_, h, d) => {
             out.extend_from_slice(bytes_of(h));
             out.extend_from_slice(bytes_of(d));
+        }
+        RawEvent::Http(h, d, bytes) => {
+            out.extend_from_slice(bytes_of(h));
+            out.extend_from_slice(bytes_of(d));
+            out.extend_from_slice(bytes);
         }
     }
     out
@@ -140,6 +175,34 @@ mod tests {
             );
             assert_eq!(decode(&encode(&ev)), Ok(ev));
         }
+    }
+
+    #[test]
+    fn http_round_trip_and_bad_lengths() {
+        let body = b"GET /x HTTP/1.1\r\n".to_vec();
+        let d = HttpData {
+            sk: 9,
+            fd: 4,
+            len: 100,
+            nr: 45,
+            captured: body.len() as u32,
+        };
+        let ev = RawEvent::Http(header(EventKind::Http), d, body);
+        let bytes = encode(&ev);
+        assert_eq!(decode(&bytes), Ok(ev));
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+        let mut big = bytes.clone();
+        let at = HEADER + 28;
+        big[at..at + 4].copy_from_slice(&(HTTP_PREFIX_MAX as u32 + 1).to_le_bytes());
+        assert_eq!(
+            decode(&big),
+            Err(DecodeError::BadCapture {
+                captured: HTTP_PREFIX_MAX as u32 + 1
+            })
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TcpConnect => "tcp_connect",
         EventKind::TcpAccept => "tcp_accept",
         EventKind::TcpClose => "tcp_close",
+        EventKind::Http => "http",
     }
 }
 
@@ -76,6 +77,26 @@ pub struct JsonEvent {
     /// Accept events: false when the handshake time is unknown (`duration_ns` is then 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_known: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpJson>,
+}
+
+/// An HTTP transfer record (`kind: "http"`).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct HttpJson {
+    /// `read`, `write` or `close` (the socket closed).
+    pub dir: &'static str,
+    /// Kernel address of the socket, hex.
+    pub socket: String,
+    /// Bytes the call moved.
+    pub bytes: u64,
+    /// Bytes captured of them.
+    pub captured: u32,
+    /// The bytes start an HTTP/1.x message.
+    pub message_start: bool,
+    /// The first line of a message start, with personal data masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_line: Option<String>,
 }
 
 impl JsonEvent {
@@ -105,12 +126,48 @@ impl JsonEvent {
             failed: None,
             pid_known: None,
             handshake_known: None,
+            http: None,
         };
         match ev {
             RawEvent::Syscall(_, d) => out.fill_syscall(d),
             RawEvent::Tcp(kind, h, d) => out.fill_tcp(*kind, h.flags, d),
+            RawEvent::Http(h, d, bytes) => out.fill_http(h.flags, d, bytes),
         }
         out
+    }
+
+    fn fill_http(&mut self, flags: u32, d: &agent_common::HttpData, bytes: &[u8]) {
+        use agent_common::{HTTP_FLAG_CLOSE, HTTP_FLAG_START, HTTP_FLAG_WRITE};
+        self.kind = "http";
+        let start = flags & HTTP_FLAG_START != 0;
+        let first_line = start.then(|| {
+            let end = bytes
+                .iter()
+                .position(|&b| b == b'\r' || b == b'\n')
+                .unwrap_or(bytes.len());
+            static REDACTOR: std::sync::LazyLock<crate::redact::Redactor> =
+                std::sync::LazyLock::new(crate::redact::Redactor::default);
+            REDACTOR
+                .redact(&String::from_utf8_lossy(&bytes[..end]))
+                .into_owned()
+        });
+        if flags & HTTP_FLAG_CLOSE == 0 {
+            self.fd = Some(d.fd);
+        }
+        self.http = Some(HttpJson {
+            dir: if flags & HTTP_FLAG_CLOSE != 0 {
+                "close"
+            } else if flags & HTTP_FLAG_WRITE != 0 {
+                "write"
+            } else {
+                "read"
+            },
+            socket: format!("{:#x}", d.sk),
+            bytes: d.len,
+            captured: d.captured,
+            message_start: start,
+            first_line,
+        });
     }
 
     fn fill_syscall(&mut self, d: &SyscallData) {

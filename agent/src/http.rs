@@ -49,6 +49,8 @@ pub struct Request {
     pub start_ns: u64,
     /// Last byte of the request moved (headers and body).
     pub end_ns: u64,
+    /// The request's number on its connection (0 for the first one parsed).
+    pub seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +174,11 @@ impl HttpConn {
 
     pub fn role(&self) -> Option<Role> {
         self.role
+    }
+
+    /// Requests waiting for their responses, oldest first.
+    pub fn pending(&self) -> &VecDeque<Request> {
+        &self.pending
     }
 
     /// Feeds one transfer; returns the exchanges it completed.
@@ -370,7 +377,8 @@ impl HttpConn {
     /// A parsed head moved in `dir`: a request joins the queue, a response starts.
     fn accept(&mut self, dir: Dir, head: Head, done: &mut Vec<Exchange>) {
         match head {
-            Head::Request(r, _) => {
+            Head::Request(mut r, _) => {
+                r.seq = self.counts.requests;
                 self.counts.requests += 1;
                 let role = match dir {
                     Dir::Read => Role::Server,
@@ -450,6 +458,7 @@ fn parse_head(buf: &[u8], start_ns: u64, end_ns: u64) -> Parsed {
                     tracestate: owned("tracestate"),
                     start_ns,
                     end_ns,
+                    seq: 0,
                 };
                 // A request without Content-Length has no body.
                 let body = BodyLen {
@@ -515,6 +524,7 @@ fn parse_first_line(buf: &[u8], start_ns: u64, end_ns: u64) -> Parsed {
                 tracestate: None,
                 start_ns,
                 end_ns,
+                seq: 0,
             },
             buf.len(),
         )));

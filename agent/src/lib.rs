@@ -23,10 +23,13 @@ pub mod metrics;
 pub mod names;
 pub mod pipeline;
 pub mod procinfo;
+pub mod redact;
+pub mod requests;
 pub mod sampling;
 pub mod sink;
 pub mod source;
 pub mod spans;
+pub mod traces;
 
 /// Selects the TLS crypto provider once per process. Two providers are compiled in (ring
 /// for tonic and kube, aws-lc-rs through reqwest), so rustls cannot pick one itself and would

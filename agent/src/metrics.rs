@@ -81,6 +81,22 @@ struct BudgetLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabel {
+    count: &'static str,
+}
+
+/// What the HTTP request tracker counted (totals since start).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HttpTotals {
+    #[serde(flatten)]
+    pub requests: crate::requests::RequestCounts,
+    #[serde(flatten)]
+    pub traces: crate::traces::HoldCounts,
+    /// Spans held now, waiting for their trace's root.
+    pub held_spans: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -100,6 +116,8 @@ pub struct Stats {
     budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     cpu_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
     governed_min: Gauge<f64, std::sync::atomic::AtomicU64>,
+    http: Family<HttpLabel, Gauge>,
+    http_totals: std::sync::Mutex<Option<HttpTotals>>,
     /// Last kernel counter values seen, to turn them into increments.
     kernel_seen: [AtomicU64; 4],
     attached: AtomicBool,
@@ -114,6 +132,8 @@ pub struct Totals {
     pub spans_exported: u64,
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
     pub queue_spans: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpTotals>,
 }
 
 impl Totals {
@@ -201,6 +221,12 @@ impl Stats {
             "Cost-aware sampler: budget, used, remaining, used_percent, projected (end of period), factor",
             budget.clone(),
         );
+        let http = Family::<HttpLabel, Gauge>::default();
+        registry.register(
+            "http",
+            "HTTP request tracking since start: transfers, server_spans, client_spans, linked, continued, not_http, truncated, unmatched, unanswered, ignored, evicted, released_early, traces_completed, held_spans",
+            http.clone(),
+        );
         // Every reason shows up from the start, at 0.
         for r in DropReason::ALL {
             let _ = dropped.get_or_create(&ReasonLabel { reason: r.as_str() });
@@ -219,6 +245,8 @@ impl Stats {
             budget,
             cpu_percent,
             governed_min,
+            http,
+            http_totals: std::sync::Mutex::new(None),
             kernel_seen: Default::default(),
             attached: AtomicBool::new(false),
             exporter_ok: AtomicBool::new(true),
@@ -268,6 +296,39 @@ impl Stats {
 
     pub fn set_ring_fill(&self, bytes: usize) {
         self.ring_fill_bytes.set(bytes as i64);
+    }
+
+    pub fn set_requests(
+        &self,
+        r: &crate::requests::RequestCounts,
+        t: &crate::traces::HoldCounts,
+        held: usize,
+    ) {
+        for (count, v) in [
+            ("transfers", r.transfers),
+            ("server_spans", r.server_spans),
+            ("client_spans", r.client_spans),
+            ("linked", r.linked),
+            ("continued", r.continued),
+            ("not_http", r.not_http),
+            ("truncated", r.truncated),
+            ("unmatched", r.unmatched),
+            ("unanswered", r.unanswered),
+            ("ignored", r.ignored),
+            ("evicted", r.evicted),
+            ("released_early", t.released_early),
+            ("traces_completed", t.traces_completed),
+            ("held_spans", held as u64),
+        ] {
+            self.http.get_or_create(&HttpLabel { count }).set(v as i64);
+        }
+        if let Ok(mut g) = self.http_totals.lock() {
+            *g = Some(HttpTotals {
+                requests: *r,
+                traces: *t,
+                held_spans: held,
+            });
+        }
     }
 
     pub fn set_open_connections(&self, n: usize) {
@@ -331,7 +392,7 @@ impl Stats {
                 .get();
             dropped.insert(r.as_str(), v);
         }
-        let events = ["syscall", "tcp_connect", "tcp_accept", "tcp_close"]
+        let events = ["syscall", "tcp_connect", "tcp_accept", "tcp_close", "http"]
             .iter()
             .map(|&kind| self.events.get_or_create(&KindLabel { kind }).get())
             .sum();
@@ -341,6 +402,7 @@ impl Stats {
             spans_exported: self.spans_exported.get(),
             dropped,
             queue_spans: self.queue_spans.get(),
+            http: self.http_totals.lock().ok().and_then(|g| g.clone()),
         }
     }
 

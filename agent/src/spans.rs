@@ -6,6 +6,12 @@
 //! | tcp_connect | `tcp connect` | CLIENT | none (it starts a trace) |
 //! | tcp_accept | `tcp accept` | SERVER | none (it starts a trace) |
 //! | tcp_close | `tcp connection` (established -> closed) | INTERNAL | the connect/accept span |
+//! | http (request read, response written) | `{method} {route}` | SERVER | the caller (see [`crate::requests`]) |
+//! | http (request written, response read) | `{method} {route}` | CLIENT | the server span its thread serves |
+//!
+//! A syscall or connect made by a thread while it serves one HTTP request is that request's
+//! child rather than its connection's. Spans of request traces are held until the trace's local
+//! root ends ([`crate::traces`]): [`SpanBuilder::process`] hands out [`Group`]s.
 //!
 //! Attributes follow the OpenTelemetry semantic conventions where one exists; kernel-specific
 //! ones are under `kspan.` (see [`attr`]). Failed syscalls and connects get status Error and
@@ -29,7 +35,14 @@ use crate::{
     event::ip_addr,
     names,
     procinfo::{ProcResource, ProcessCache},
+    requests::{HttpOptions, Output, RequestCounts, RequestSpan, Requests},
+    traces::{Group, HoldCounts, Holder},
 };
+
+/// Most spans held while their traces wait for their roots.
+pub const MAX_HELD_SPANS: usize = 100_000;
+/// Longest a trace is held waiting for its root.
+pub const MAX_HOLD: Duration = Duration::from_secs(30);
 
 /// Attribute keys kspan sets that are not semantic conventions (all under `kspan.`).
 pub mod attr {
@@ -69,6 +82,11 @@ pub struct SpanBuilder<R: FdResolver = ProcFdResolver> {
     conns: Conns<R>,
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
+    requests: Option<Requests>,
+    holder: Holder,
+    outputs: Vec<Output>,
+    /// Latest event end seen (monotonic ns).
+    now_ns: u64,
 }
 
 impl<R: FdResolver> SpanBuilder<R> {
@@ -81,18 +99,135 @@ impl<R: FdResolver> SpanBuilder<R> {
             scope: InstrumentationScope::builder("kspan")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
+            requests: None,
+            holder: Holder::new(MAX_HELD_SPANS, MAX_HOLD),
+            outputs: Vec::new(),
+            now_ns: 0,
         }
+    }
+
+    /// Turns HTTP records into request spans (without it they are ignored).
+    pub fn with_http(mut self, opts: HttpOptions) -> SpanBuilder<R> {
+        self.requests = Some(Requests::new(opts));
+        self
     }
 
     pub fn open_connections(&self) -> usize {
         self.conns.open_count()
     }
 
-    pub fn build(&mut self, ev: &RawEvent) -> Built {
+    pub fn request_counts(&self) -> Option<RequestCounts> {
+        self.requests.as_ref().map(|r| r.counts)
+    }
+
+    pub fn hold_counts(&self) -> HoldCounts {
+        self.holder.counts
+    }
+
+    pub fn held_spans(&self) -> usize {
+        self.holder.held_spans()
+    }
+
+    /// One event's spans, as groups ready for the samplers (none while its trace is held).
+    pub fn process(&mut self, ev: &RawEvent, out: &mut Vec<Group>) {
+        let h = ev.header();
+        self.now_ns = self.now_ns.max(h.start_ns + h.duration_ns);
         match ev {
-            RawEvent::Syscall(h, d) => self.syscall(h, d),
-            RawEvent::Tcp(kind, h, d) => self.tcp(*kind, h, d),
+            RawEvent::Http(h, d, bytes) => self.http(h, d, bytes, out),
+            _ => {
+                if let Some(b) = self.build(ev) {
+                    self.holder.push(b, out);
+                }
+            }
         }
+    }
+
+    /// Releases traces held too long (call now and then).
+    pub fn expire(&mut self, out: &mut Vec<Group>) {
+        self.holder.expire(self.now_ns, out);
+    }
+
+    /// Releases everything held (at exit).
+    pub fn drain(&mut self, out: &mut Vec<Group>) {
+        self.holder.drain(out);
+    }
+
+    /// The span of one syscall or TCP event (HTTP records make none on their own).
+    pub fn build(&mut self, ev: &RawEvent) -> Option<Built> {
+        match ev {
+            RawEvent::Syscall(h, d) => Some(self.syscall(h, d)),
+            RawEvent::Tcp(kind, h, d) => Some(self.tcp(*kind, h, d)),
+            RawEvent::Http(..) => None,
+        }
+    }
+
+    fn http(
+        &mut self,
+        h: &EventHeader,
+        d: &agent_common::HttpData,
+        bytes: &[u8],
+        out: &mut Vec<Group>,
+    ) {
+        let Some(req) = self.requests.as_mut() else {
+            return;
+        };
+        let conns = &mut self.conns;
+        let mut outputs = std::mem::take(&mut self.outputs);
+        req.on_record(
+            h,
+            d,
+            bytes,
+            || conns.tuple_of(d.sk).or_else(|| conns.resolve(h.pid, d.fd)),
+            &mut outputs,
+        );
+        for o in outputs.drain(..) {
+            match o {
+                Output::Begin(t) => self.holder.begin(t, self.now_ns),
+                Output::Merge { from, to } => self.holder.merge(from, to, self.now_ns, out),
+                Output::Span(rs) => {
+                    let root = rs.local_root;
+                    let b = self.request_span(*rs);
+                    if root {
+                        self.holder.finish(b, out);
+                    } else {
+                        self.holder.push(b, out);
+                    }
+                }
+            }
+        }
+        self.outputs = outputs;
+    }
+
+    fn request_span(&mut self, rs: RequestSpan) -> Built {
+        let resource = self.procs.get(rs.pid, &rs.comm);
+        let start_time = self.clock.system_time(rs.start_ns);
+        let end_time = start_time + Duration::from_nanos(rs.end_ns - rs.start_ns);
+        let attributes = rs.attributes;
+        Built {
+            resource,
+            span: SpanData {
+                span_context: rs.ctx,
+                parent_span_id: rs.parent.as_ref().map_or(SpanId::INVALID, |p| p.span_id()),
+                parent_span_is_remote: rs.parent_remote,
+                span_kind: rs.kind,
+                name: Cow::Owned(rs.name),
+                start_time,
+                end_time,
+                attributes,
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: rs.status,
+                instrumentation_scope: self.scope.clone(),
+            },
+        }
+    }
+
+    /// The parent a thread's syscall or connect gets: the request it serves, if any.
+    fn thread_parent(&self, tid: u32, start_ns: u64) -> Option<SpanContext> {
+        self.requests
+            .as_ref()
+            .and_then(|r| r.parent_of_thread(tid, start_ns))
     }
 
     fn new_context(&self, parent: Option<&SpanContext>) -> SpanContext {
@@ -151,10 +286,12 @@ impl<R: FdResolver> SpanBuilder<R> {
         attributes.push(KeyValue::new(attr::SYSCALL_NR, i64::from(d.nr)));
         attributes.push(KeyValue::new(attr::SYSCALL_RETURN, d.ret));
         attributes.push(KeyValue::new(attr::CGROUP_ID, h.cgroup_id as i64));
-        let mut parent = None;
+        let mut parent = self.thread_parent(h.tid, h.start_ns);
         if names::first_arg_is_fd(d.nr) {
             attributes.push(KeyValue::new(attr::SYSCALL_FD, d.arg0 as i64));
-            parent = self.conns.parent_of_fd(h.pid, d.arg0);
+            if parent.is_none() {
+                parent = self.conns.parent_of_fd(h.pid, d.arg0);
+            }
         }
         let status = if (-4095..0).contains(&d.ret) {
             let errno = names::errno_name(-d.ret as i32);
@@ -230,7 +367,11 @@ impl<R: FdResolver> SpanBuilder<R> {
             EventKind::TcpConnect => {
                 attributes.push(KeyValue::new("server.address", remote.ip().to_string()));
                 attributes.push(KeyValue::new("server.port", i64::from(remote.port())));
-                (SpanKind::Client, "tcp connect", None)
+                (
+                    SpanKind::Client,
+                    "tcp connect",
+                    self.thread_parent(h.tid, h.start_ns),
+                )
             }
             EventKind::TcpAccept => {
                 attributes.push(KeyValue::new("server.address", local.ip().to_string()));
@@ -343,7 +484,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let s = b.build(&ev).span;
+        let s = b.build(&ev).unwrap().span;
         assert_eq!(s.name, "openat");
         assert_eq!(s.span_kind, SpanKind::Internal);
         assert_eq!(s.parent_span_id, SpanId::INVALID);
@@ -367,7 +508,10 @@ mod tests {
         let mut fds = HashMap::new();
         fds.insert((10, 7), tuple);
         let mut b = builder(fds);
-        let connect = b.build(&tcp(EventKind::TcpConnect, 0xabc, 5000, 80)).span;
+        let connect = b
+            .build(&tcp(EventKind::TcpConnect, 0xabc, 5000, 80))
+            .unwrap()
+            .span;
         assert_eq!(connect.span_kind, SpanKind::Client);
         assert_eq!(connect.name, "tcp connect");
         assert_eq!(get(&connect, "server.port"), Some(&Value::I64(80)));
@@ -387,25 +531,31 @@ mod tests {
                 },
             )
         };
-        let child = b.build(&read(7)).span;
+        let child = b.build(&read(7)).unwrap().span;
         assert_eq!(child.parent_span_id, connect.span_context.span_id());
         assert_eq!(
             child.span_context.trace_id(),
             connect.span_context.trace_id()
         );
         assert_eq!(child.status, Status::Unset);
-        let other = b.build(&read(8)).span;
+        let other = b.build(&read(8)).unwrap().span;
         assert_eq!(other.parent_span_id, SpanId::INVALID);
         assert_ne!(
             other.span_context.trace_id(),
             connect.span_context.trace_id()
         );
-        let close = b.build(&tcp(EventKind::TcpClose, 0xabc, 5000, 80)).span;
+        let close = b
+            .build(&tcp(EventKind::TcpClose, 0xabc, 5000, 80))
+            .unwrap()
+            .span;
         assert_eq!(close.name, "tcp connection");
         assert_eq!(close.parent_span_id, connect.span_context.span_id());
         assert_eq!(get(&close, attr::TCP_RETRANSMITS), Some(&Value::I64(0)));
         // After close the fd is no longer the connection's.
-        assert_eq!(b.build(&read(7)).span.parent_span_id, SpanId::INVALID);
+        assert_eq!(
+            b.build(&read(7)).unwrap().span.parent_span_id,
+            SpanId::INVALID
+        );
     }
 
     #[test]
@@ -416,14 +566,14 @@ mod tests {
             h.flags = TCP_FLAG_FAILED;
             d.error = libc::ECONNREFUSED as u32;
         }
-        let s = b.build(&ev).span;
+        let s = b.build(&ev).unwrap().span;
         assert_eq!(s.status, Status::error("ECONNREFUSED"));
         assert_eq!(b.open_connections(), 0);
         let mut ev = tcp(EventKind::TcpAccept, 2, 80, 5000);
         if let RawEvent::Tcp(_, h, _) = &mut ev {
             h.flags = TCP_FLAG_PID_UNKNOWN;
         }
-        let built = b.build(&ev);
+        let built = b.build(&ev).unwrap();
         assert_eq!(built.span.span_kind, SpanKind::Server);
         assert_eq!(built.resource.service_name, "unknown_service");
         assert_eq!(get(&built.span, attr::PID_KNOWN), Some(&Value::Bool(false)));
@@ -437,7 +587,13 @@ mod tests {
         let ev = RawEvent::Syscall(header(1, 1, 0), SyscallData::default());
         let ids: std::collections::HashSet<u64> = (0..1000)
             .map(|_| {
-                let t = b.build(&ev).span.span_context.trace_id().to_bytes();
+                let t = b
+                    .build(&ev)
+                    .unwrap()
+                    .span
+                    .span_context
+                    .trace_id()
+                    .to_bytes();
                 u64::from_be_bytes(t[8..16].try_into().unwrap()) & ((1 << 56) - 1)
             })
             .collect();

@@ -36,6 +36,14 @@ pub struct EventsArgs {
     /// Do not trace TCP.
     #[arg(long)]
     pub no_tcp: bool,
+    /// Do not report HTTP transfers (`kind: "http"`: reads and writes on TCP sockets that
+    /// carry HTTP/1.x).
+    #[arg(long)]
+    pub no_http: bool,
+    /// Bytes of each HTTP transfer to capture (64 to 4096).
+    #[arg(long, default_value_t = crate::config::DEFAULT_HTTP_PREFIX_BYTES,
+          value_parser = clap::value_parser!(u32).range(64..=agent_common::HTTP_PREFIX_MAX as i64))]
+    pub http_prefix_bytes: u32,
     /// Ring buffer size in bytes (a power of two, >= 4096).
     #[arg(long, default_value_t = capture::DEFAULT_RING_BUFFER_BYTES)]
     pub ring_buffer_bytes: u32,
@@ -121,7 +129,11 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
     config.tcp = !args.no_tcp;
     config.ring_buffer_bytes = args.ring_buffer_bytes;
     config.wakeup_bytes = args.wakeup_bytes;
-    config.syscall_hook = match (args.no_syscalls, args.classic_tracepoints) {
+    let http = !args.no_http;
+    config.http_prefix = if http { args.http_prefix_bytes } else { 0 };
+    // HTTP capture rides on the syscall programs: with --no-syscalls they still run, quietly.
+    config.emit_syscalls = !args.no_syscalls;
+    config.syscall_hook = match (args.no_syscalls && !http, args.classic_tracepoints) {
         (true, _) => capture::SyscallHook::Off,
         (false, true) => capture::SyscallHook::Tracepoint,
         (false, false) => capture::SyscallHook::RawTracepoint,

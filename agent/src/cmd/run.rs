@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// spans/s per key; see --print-config).
     #[arg(long, value_enum)]
     pub sampling: Option<Switch>,
+    /// HTTP/1.x request spans (SERVER and CLIENT, joined into traces across processes on
+    /// this host): `on` (the default) or `off`; see the config's `http:` section.
+    #[arg(long, value_enum)]
+    pub http: Option<Switch>,
     /// Print the effective configuration (file + flags) as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -126,6 +130,10 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     addr: 127.0.0.1:9464    log_interval: 60s
   governor:                 # optional: a CPU budget for kspan itself
     cpu_budget_percent: 5   max_min_duration: 1s
+  http:                     # HTTP/1.x request spans from socket reads and writes
+    enabled: true           prefix_bytes: 1024    ignore_ports: [9090]
+    redact: [{name: order, regex: '(?P<keep>order=)[0-9]+'}]   # default: e-mail, phone,
+                            # card, national id, api_key/token/secret values; [] = none
   sampling: ...             # default: errors and >= 1s kept, the rest <= 10/s per key
                             # (--print-config shows it); null keeps every span
 
@@ -255,6 +263,9 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
         Some(Switch::Off) => c.sampling = None,
         Some(Switch::On) if c.sampling.is_none() => c.sampling = crate::config::default_sampling(),
         _ => {}
+    }
+    if let Some(h) = args.http {
+        c.http.enabled = h == Switch::On;
     }
     for (k, v) in &args.service_names {
         c.resource.service_names.insert(k.clone(), v.clone());

@@ -1,12 +1,17 @@
 //! The build stage: decoded events become spans (with process, container, Kubernetes and
-//! connection context), pass the samplers, and go to the export queue in chunks.
+//! connection context), pass the samplers, and go to the export queue in chunks. Spans of a
+//! request trace come as one group once its root ends, and are kept or dropped together.
 //!
 //! Input: the reader's channel (the reader blocks when this stage is behind). Output: the
 //! export queue, bounded in spans; a chunk that does not fit is cut and the newest spans are
 //! counted as `queue_full`.
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
-use opentelemetry::trace::Status;
+use agent_common::EventKind;
+use opentelemetry::trace::{Status, TraceId};
 use tokio::sync::mpsc;
 
 use super::{queue::QueueTx, MAX_CHUNK};
@@ -15,8 +20,9 @@ use crate::{
     decode::RawEvent,
     event::kind_name,
     metrics::{DropReason, Stats},
-    sampling::Pipeline as Sampler,
+    sampling::{Outcome, Pipeline as Sampler},
     spans::{Built, SpanBuilder},
+    traces::Group,
 };
 
 /// How often the budget's spend is written to its state file (and once at exit).
@@ -30,70 +36,42 @@ pub async fn run(
     tx: QueueTx<Built>,
     stats: Arc<Stats>,
 ) {
-    use agent_common::EventKind;
-    const KINDS: [EventKind; 4] = [
-        EventKind::Syscall,
-        EventKind::TcpConnect,
-        EventKind::TcpAccept,
-        EventKind::TcpClose,
-    ];
     let mut last_save = std::time::Instant::now();
     let save = |sampler: &Option<Sampler>| {
         if let Some(Err(e)) = sampler.as_ref().map(|p| p.save_state()) {
             log::warn!("sampling.budget.state_file: {e}");
         }
     };
-    while let Some(events) = rx.recv().await {
+    let mut decisions = Decisions::default();
+    let mut groups = Vec::new();
+    loop {
+        // Held traces are released by age even when no events come.
+        let events = match tokio::time::timeout(EXPIRE_INTERVAL, rx.recv()).await {
+            Ok(Some(events)) => events,
+            Ok(None) => break,
+            Err(_) => Vec::new(),
+        };
         // Counted per received chunk, not per event: the stats are shared atomics.
         let mut by_kind = [0u64; KINDS.len()];
-        let mut sampled_out = 0u64;
         for part in events.chunks(MAX_CHUNK) {
-            // Important spans (errors, always-keep rules) first: they may use the queue's
-            // reserve, ordinary ones may not.
-            let mut out = Vec::with_capacity(part.len());
-            let mut ordinary = Vec::new();
             for ev in part {
-                let kind = match ev {
-                    RawEvent::Syscall(..) => EventKind::Syscall,
-                    RawEvent::Tcp(k, ..) => *k,
-                };
+                let kind = ev.kind();
                 if let Some(i) = KINDS.iter().position(|k| *k == kind) {
                     by_kind[i] += 1;
                 }
-                let mut built = builder.build(ev);
-                let important = match sampler.as_mut() {
-                    Some(p) => {
-                        let o = p.decide(&built);
-                        if !o.keep {
-                            sampled_out += 1;
-                            continue;
-                        }
-                        crate::sampling::annotate(&mut built.span, &o, p.decider_name(o.decider));
-                        o.priority
-                    }
-                    None => matches!(built.span.status, Status::Error { .. }),
-                };
-                if important {
-                    out.push(built);
-                } else {
-                    ordinary.push(built);
-                }
+                builder.process(ev, &mut groups);
             }
-            if out.is_empty() && ordinary.is_empty() {
-                continue;
-            }
-            let important = out.len();
-            out.append(&mut ordinary);
-            let sent = tx.send_prioritized(out, important);
-            stats.dropped(DropReason::QueueFull, sent.full as u64);
-            stats.dropped(DropReason::ExportFailed, sent.closed as u64);
+            send(&mut groups, &mut sampler, &mut decisions, &tx, &stats);
         }
-        stats.add_spans_built(events.len() as u64);
-        stats.dropped(DropReason::SampledOut, sampled_out);
+        builder.expire(&mut groups);
+        send(&mut groups, &mut sampler, &mut decisions, &tx, &stats);
         for (k, n) in KINDS.iter().zip(by_kind) {
             stats.add_events(kind_name(*k), n);
         }
         stats.set_open_connections(builder.open_connections());
+        if let Some(c) = builder.request_counts() {
+            stats.set_requests(&c, &builder.hold_counts(), builder.held_spans());
+        }
         if let Some(b) = sampler
             .as_ref()
             .and_then(|p| p.budget_status(crate::clock::unix_now_ns()))
@@ -105,5 +83,138 @@ pub async fn run(
             last_save = std::time::Instant::now();
         }
     }
+    builder.drain(&mut groups);
+    send(&mut groups, &mut sampler, &mut decisions, &tx, &stats);
+    if let Some(c) = builder.request_counts() {
+        stats.set_requests(&c, &builder.hold_counts(), builder.held_spans());
+    }
     save(&sampler);
+}
+
+const KINDS: [EventKind; 5] = [
+    EventKind::Syscall,
+    EventKind::TcpConnect,
+    EventKind::TcpAccept,
+    EventKind::TcpClose,
+    EventKind::Http,
+];
+
+/// How often held traces are checked for age when no events arrive.
+const EXPIRE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Decisions of whole traces, remembered for their late spans (bounded, oldest forgotten).
+#[derive(Default)]
+struct Decisions {
+    by_trace: HashMap<TraceId, Option<Outcome>>,
+    order: VecDeque<TraceId>,
+}
+
+const REMEMBERED_DECISIONS: usize = 65_536;
+
+impl Decisions {
+    fn remember(&mut self, t: TraceId, o: Option<Outcome>) {
+        if self.by_trace.insert(t, o).is_none() {
+            self.order.push_back(t);
+            if self.order.len() > REMEMBERED_DECISIONS {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_trace.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Samples the groups and sends the kept spans (important ones first) in chunks.
+fn send(
+    groups: &mut Vec<Group>,
+    sampler: &mut Option<Sampler>,
+    decisions: &mut Decisions,
+    tx: &QueueTx<Built>,
+    stats: &Stats,
+) {
+    if groups.is_empty() {
+        return;
+    }
+    let mut important = Vec::new();
+    let mut ordinary = Vec::new();
+    let mut built = 0u64;
+    let mut sampled_out = 0u64;
+    for g in groups.drain(..) {
+        let (spans, outcome) = match g {
+            Group::One(b) => {
+                let o = sampler.as_mut().map(|p| p.decide(&*b));
+                (vec![*b], o)
+            }
+            Group::Trace { spans, root } => {
+                let o = sampler.as_mut().map(|p| trace_outcome(p, &spans, root));
+                decisions.remember(spans[root].span.span_context.trace_id(), o);
+                (spans, o)
+            }
+            Group::Late { spans, trace } => {
+                let o = match decisions.by_trace.get(&trace) {
+                    Some(o) => *o,
+                    None => sampler.as_mut().map(|p| p.decide(&spans[0])),
+                };
+                (spans, o)
+            }
+        };
+        built += spans.len() as u64;
+        match outcome {
+            Some(o) if !o.keep => sampled_out += spans.len() as u64,
+            Some(o) => {
+                let name = sampler
+                    .as_ref()
+                    .map_or("none", |p| p.decider_name(o.decider))
+                    .to_string();
+                for mut b in spans {
+                    crate::sampling::annotate(&mut b.span, &o, &name);
+                    if o.priority {
+                        important.push(b);
+                    } else {
+                        ordinary.push(b);
+                    }
+                }
+            }
+            None => {
+                for b in spans {
+                    if matches!(b.span.status, Status::Error { .. }) {
+                        important.push(b);
+                    } else {
+                        ordinary.push(b);
+                    }
+                }
+            }
+        }
+    }
+    stats.add_spans_built(built);
+    stats.dropped(DropReason::SampledOut, sampled_out);
+    // Important spans (errors, always-keep rules) first: they may use the queue's reserve,
+    // ordinary ones may not.
+    while !important.is_empty() || !ordinary.is_empty() {
+        let take_i = important.len().min(MAX_CHUNK);
+        let mut chunk: Vec<Built> = important.drain(..take_i).collect();
+        let take_o = ordinary.len().min(MAX_CHUNK - take_i);
+        chunk.extend(ordinary.drain(..take_o));
+        let sent = tx.send_prioritized(chunk, take_i);
+        stats.dropped(DropReason::QueueFull, sent.full as u64);
+        stats.dropped(DropReason::ExportFailed, sent.closed as u64);
+    }
+}
+
+/// A trace's decision: its root's; if the root would be dropped but a span in the trace is an
+/// error the samplers keep, that span's decision (with its threshold) keeps the whole trace.
+fn trace_outcome(p: &mut Sampler, spans: &[Built], root: usize) -> Outcome {
+    let o = p.decide(&spans[root]);
+    if o.keep {
+        return o;
+    }
+    for (i, b) in spans.iter().enumerate() {
+        if i != root && matches!(b.span.status, Status::Error { .. }) {
+            let e = p.decide(b);
+            if e.keep {
+                return e;
+            }
+        }
+    }
+    o
 }

@@ -44,6 +44,20 @@ pub const MAX_CHUNK: usize = 512;
 /// Chunks the reader may have in flight to the builder.
 pub const EVENT_QUEUE_CHUNKS: usize = 64;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoint_ports() {
+        assert_eq!(
+            super::url_port("http://localhost:4318/v1/traces"),
+            Some(4318)
+        );
+        assert_eq!(super::url_port("https://[::1]:4317"), Some(4317));
+        assert_eq!(super::url_port("https://collector"), Some(443));
+        assert_eq!(super::url_port("collector"), None);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -68,6 +82,20 @@ pub struct RunSummary {
     pub kernel: KernelCounters,
 }
 
+/// The port of an endpoint URL (explicit, or the scheme's default).
+fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, p)) => p.parse().ok(),
+        None => Some(if scheme == "https" { 443 } else { 80 }),
+    }
+}
+
 /// Runs the agent until SIGINT/SIGTERM or `stop_after`, then flushes and returns the summary.
 pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSummary, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -81,6 +109,7 @@ pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSumma
         pipeline,
         resource,
         metrics: metrics_cfg,
+        http,
     } = plan;
     // Before anything is attached or served: a state file kspan cannot use stops it here.
     if let Some(p) = sampler.as_mut() {
@@ -123,7 +152,11 @@ pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSumma
         resource.service_names.clone(),
     )
     .with_pods(pods);
-    let builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
+    let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
+    if let Some(mut opts) = http {
+        opts.exporter_port = desc.endpoint.as_deref().and_then(url_port);
+        builder = builder.with_http(opts);
+    }
     let build_task = tokio::spawn(build::run(
         builder,
         sampler,

@@ -1,0 +1,863 @@
+//! Request spans: HTTP/1.x exchanges seen on TCP sockets become SERVER and CLIENT spans, and
+//! requests that cross processes on this host join one trace.
+//!
+//! Input: the kernel's HTTP transfer records (one per read or write on a socket that carries
+//! HTTP, see `agent_common::HttpData`), per socket. [`crate::http::HttpConn`] pairs requests
+//! with responses; this module gives each request its span and its place in a trace:
+//!
+//! - **Server span**: from the end of the read that brought the request's first bytes to the
+//!   end of the write that sent the response's last ones. Its parent, in order: the caller's
+//!   span named by an incoming `traceparent` (`tracestate` is kept); else the CLIENT span of
+//!   the process on the other end of the same connection on this host (kspan sees both ends:
+//!   the client's connection is the server's with local and remote swapped, and requests
+//!   match in order and by method and target); else none (a new trace).
+//! - **Client span**: from the start of the write that sent the request to the end of the
+//!   read that brought the response's last bytes. Its parent is the server span its thread
+//!   is serving, if the thread serves exactly one request (thread-per-request servers).
+//! - **Children**: syscall and TCP spans a thread makes while it serves exactly one request
+//!   become that request's children ([`Requests::parent_of_thread`]).
+//!
+//! Not followed: requests handed from one thread to another, and event loops that serve many
+//! requests on one thread (their spans are still made, without children or outgoing links).
+//!
+//! The caller's trace id is not always known when a server request starts (the client's
+//! record may come later); such a request gets a provisional trace id, and when the link is
+//! found at its end, [`Output::Merge`] moves everything in the provisional trace to the real
+//! one. Spans are held per trace until the local root ends (`crate::traces`).
+//!
+//! Only a short allow-list of headers is ever read (Host, User-Agent, Content-Type,
+//! traceparent, tracestate); paths and queries pass through [`crate::redact`].
+use std::{
+    borrow::Cow,
+    collections::{HashMap, VecDeque},
+};
+
+use agent_common::{EventHeader, HttpData, HTTP_FLAG_CLOSE, HTTP_FLAG_WRITE};
+use opentelemetry::{
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    KeyValue,
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+
+use crate::{
+    conns::Tuple,
+    http::{Dir, Exchange, HttpConn, Io, Request, Role},
+    redact::Redactor,
+};
+
+/// Connections followed at once; beyond it the least recently used is forgotten.
+pub const MAX_CONNS: usize = 65_536;
+/// Client requests remembered per connection for linking with the server end.
+const MAX_SENT: usize = 64;
+
+/// HTTP settings in force.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// Connections with this local or remote port are not followed.
+    pub ignore_ports: Vec<u16>,
+    pub redactor: Redactor,
+    /// The exporter's port on this host: connections kspan itself opened to it are not
+    /// followed (the collector's server spans would otherwise describe kspan's own exports).
+    pub exporter_port: Option<u16>,
+}
+
+/// What the request tracker counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    /// HTTP transfer records received.
+    pub transfers: u64,
+    pub server_spans: u64,
+    pub client_spans: u64,
+    /// Server spans whose parent is a client span of another process on this host.
+    pub linked: u64,
+    /// Server spans that continue an incoming `traceparent`.
+    pub continued: u64,
+    /// Message starts that were not HTTP/1.x.
+    pub not_http: u64,
+    /// Messages whose headers did not fit the capture prefix (method, target and status kept).
+    pub truncated: u64,
+    /// Responses without a request, and requests never answered.
+    pub unmatched: u64,
+    pub unanswered: u64,
+    /// Transfers on connections not followed (ignored ports, kspan's own exports).
+    pub ignored: u64,
+    /// Connections forgotten because the table was full.
+    pub evicted: u64,
+}
+
+/// A finished request span, for the span builder to wrap with its process's resource.
+#[derive(Debug, Clone)]
+pub struct RequestSpan {
+    pub pid: u32,
+    pub comm: [u8; agent_common::COMM_LEN],
+    pub ctx: SpanContext,
+    pub parent: Option<SpanContext>,
+    /// The parent is another process's span (traceparent).
+    pub parent_remote: bool,
+    pub kind: SpanKind,
+    pub name: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attributes: Vec<KeyValue>,
+    pub status: Status,
+    /// No span of this trace on this host encloses it: its end completes the local trace.
+    pub local_root: bool,
+}
+
+/// What the tracker produced for one record.
+#[derive(Debug)]
+pub enum Output {
+    /// A trace whose spans are held until its local root ends.
+    Begin(TraceId),
+    Span(Box<RequestSpan>),
+    /// Everything in trace `from` belongs to trace `to`.
+    Merge {
+        from: TraceId,
+        to: TraceId,
+    },
+}
+
+/// A request started and not yet answered.
+#[derive(Debug, Clone)]
+struct Open {
+    seq: u64,
+    ctx: SpanContext,
+    parent: Option<SpanContext>,
+    parent_remote: bool,
+    /// The server request got a provisional trace id (its caller was not known yet).
+    provisional: bool,
+    start_ns: u64,
+    tid: u32,
+}
+
+#[derive(Debug)]
+struct Conn {
+    http: HttpConn,
+    pid: u32,
+    comm: [u8; agent_common::COMM_LEN],
+    tuple: Option<Tuple>,
+    ignored: bool,
+    open: VecDeque<Open>,
+    last_used: u64,
+    reported: crate::http::Counts,
+}
+
+/// A client request, for the server end of the connection to find.
+#[derive(Debug, Clone)]
+struct Sent {
+    seq: u64,
+    method: String,
+    target: String,
+    ctx: SpanContext,
+    claimed: bool,
+}
+
+/// A server request a thread is serving.
+#[derive(Debug, Clone)]
+struct Serving {
+    sk: u64,
+    seq: u64,
+    ctx: SpanContext,
+    start_ns: u64,
+}
+
+pub struct Requests {
+    opts: HttpOptions,
+    ids: RandomIdGenerator,
+    conns: HashMap<u64, Conn>,
+    use_clock: u64,
+    serving: HashMap<u32, Vec<Serving>>,
+    sent: HashMap<Tuple, VecDeque<Sent>>,
+    self_ports: SelfPorts,
+    pub counts: RequestCounts,
+}
+
+/// The local ports of kspan's own TCP sockets, read from /proc/self when needed.
+#[derive(Debug, Default)]
+struct SelfPorts {
+    ports: std::collections::HashSet<u16>,
+    read_at: Option<std::time::Instant>,
+}
+
+impl SelfPorts {
+    fn contains(&mut self, port: u16) -> bool {
+        if self.ports.contains(&port) {
+            return true;
+        }
+        // A miss may be a socket opened since the last look: look again, at most 10 times/s.
+        let stale = self
+            .read_at
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if stale {
+            self.ports = own_tcp_ports();
+            self.read_at = Some(std::time::Instant::now());
+        }
+        self.ports.contains(&port)
+    }
+}
+
+/// Local ports of this process's TCP sockets.
+fn own_tcp_ports() -> std::collections::HashSet<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        for e in dir.flatten() {
+            if let Ok(l) = std::fs::read_link(e.path()) {
+                if let Some(i) = l
+                    .to_str()
+                    .and_then(|s| s.strip_prefix("socket:["))
+                    .and_then(|s| s.strip_suffix(']'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    inodes.insert(i);
+                }
+            }
+        }
+    }
+    let mut ports = std::collections::HashSet::new();
+    for f in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            for &i in &inodes {
+                if let Some(t) = crate::conns::find_inode(&text, i) {
+                    ports.insert(t.local.port());
+                }
+            }
+        }
+    }
+    ports
+}
+
+fn flip(t: &Tuple) -> Tuple {
+    Tuple {
+        local: t.remote,
+        remote: t.local,
+    }
+}
+
+impl Requests {
+    pub fn new(opts: HttpOptions) -> Requests {
+        Requests {
+            opts,
+            ids: RandomIdGenerator::default(),
+            conns: HashMap::new(),
+            use_clock: 0,
+            serving: HashMap::new(),
+            sent: HashMap::new(),
+            self_ports: SelfPorts::default(),
+            counts: RequestCounts::default(),
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The server span thread `tid` is serving, when it serves exactly one request that
+    /// started no later than `start_ns`.
+    pub fn parent_of_thread(&self, tid: u32, start_ns: u64) -> Option<SpanContext> {
+        match self.serving.get(&tid).map(Vec::as_slice) {
+            Some([s]) if s.start_ns <= start_ns => Some(s.ctx.clone()),
+            _ => None,
+        }
+    }
+
+    fn context(&self, trace: TraceId, state: TraceState) -> SpanContext {
+        SpanContext::new(
+            trace,
+            self.ids.new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            state,
+        )
+    }
+
+    /// Feeds one HTTP record. `tuple` names the connection's ends when the caller knows them
+    /// (from TCP events, or /proc); it is asked once per connection.
+    pub fn on_record(
+        &mut self,
+        h: &EventHeader,
+        d: &HttpData,
+        bytes: &[u8],
+        tuple: impl FnOnce() -> Option<Tuple>,
+        out: &mut Vec<Output>,
+    ) {
+        self.counts.transfers += 1;
+        if h.flags & HTTP_FLAG_CLOSE != 0 {
+            self.close(d.sk, h.start_ns, out);
+            return;
+        }
+        self.use_clock += 1;
+        if !self.conns.contains_key(&d.sk) {
+            self.new_conn(h, d.sk, tuple());
+        }
+        let Some(conn) = self.conns.get_mut(&d.sk) else {
+            return;
+        };
+        conn.last_used = self.use_clock;
+        if conn.ignored {
+            self.counts.ignored += 1;
+            return;
+        }
+        let io = Io {
+            dir: if h.flags & HTTP_FLAG_WRITE != 0 {
+                Dir::Write
+            } else {
+                Dir::Read
+            },
+            start_ns: h.start_ns,
+            end_ns: h.start_ns + h.duration_ns,
+            data: bytes,
+            len: d.len,
+        };
+        let before = conn.http.counts.requests;
+        let done = conn.http.on_io(&io);
+        let started: Vec<Request> = conn
+            .http
+            .pending()
+            .iter()
+            .filter(|r| r.seq >= before)
+            .cloned()
+            .collect();
+        let role = conn.http.role();
+        for r in started {
+            match role {
+                Some(Role::Server) => self.server_started(d.sk, h.tid, &io, r, out),
+                Some(Role::Client) => self.client_started(d.sk, h.tid, &io, r, out),
+                None => {}
+            }
+        }
+        for ex in done {
+            self.finished(d.sk, ex, out);
+        }
+        self.sync_counts(d.sk);
+    }
+
+    fn new_conn(&mut self, h: &EventHeader, sk: u64, tuple: Option<Tuple>) {
+        if self.conns.len() >= MAX_CONNS {
+            // Forget the least recently used connection.
+            if let Some((&old, _)) = self.conns.iter().min_by_key(|(_, c)| c.last_used) {
+                self.forget(old);
+                self.counts.evicted += 1;
+            }
+        }
+        let ignored = match &tuple {
+            Some(t) => {
+                self.opts.ignore_ports.contains(&t.local.port())
+                    || self.opts.ignore_ports.contains(&t.remote.port())
+                    || (Some(t.local.port()) == self.opts.exporter_port
+                        && is_this_host(t)
+                        && self.self_ports.contains(t.remote.port()))
+            }
+            None => false,
+        };
+        self.conns.insert(
+            sk,
+            Conn {
+                http: HttpConn::new(),
+                pid: h.pid,
+                comm: h.comm,
+                tuple,
+                ignored,
+                open: VecDeque::new(),
+                last_used: self.use_clock,
+                reported: Default::default(),
+            },
+        );
+    }
+
+    fn server_started(
+        &mut self,
+        sk: u64,
+        tid: u32,
+        io: &Io<'_>,
+        r: Request,
+        out: &mut Vec<Output>,
+    ) {
+        let seq = r.seq;
+        let remote = r
+            .traceparent
+            .as_deref()
+            .and_then(|tp| parse_traceparent(tp, r.tracestate.as_deref()));
+        let (parent, parent_remote, provisional) = match remote {
+            Some(p) => (Some(p), true, false),
+            None => match self.claim_caller(sk, &r.method, &r.target) {
+                Some(c) => (Some(c), false, false),
+                None => (None, false, true),
+            },
+        };
+        let ctx = match &parent {
+            Some(p) => self.context(p.trace_id(), p.trace_state().clone()),
+            None => self.context(self.ids.new_trace_id(), TraceState::default()),
+        };
+        if parent.is_none() || parent_remote {
+            out.push(Output::Begin(ctx.trace_id()));
+        }
+        // The request began when its first bytes were read: the end of that read (a
+        // blocking read may have waited long before they came).
+        let start_ns = io.end_ns;
+        self.serving.entry(tid).or_default().push(Serving {
+            sk,
+            seq,
+            ctx: ctx.clone(),
+            start_ns,
+        });
+        if let Some(c) = self.conns.get_mut(&sk) {
+            c.open.push_back(Open {
+                seq,
+                ctx,
+                parent,
+                parent_remote,
+                provisional,
+                start_ns,
+                tid,
+            });
+        }
+    }
+
+    fn client_started(
+        &mut self,
+        sk: u64,
+        tid: u32,
+        io: &Io<'_>,
+        r: Request,
+        out: &mut Vec<Output>,
+    ) {
+        let Request {
+            seq,
+            method,
+            target,
+            ..
+        } = r;
+        let parent = self.parent_of_thread(tid, io.start_ns);
+        let ctx = match &parent {
+            Some(p) => self.context(p.trace_id(), p.trace_state().clone()),
+            None => {
+                let c = self.context(self.ids.new_trace_id(), TraceState::default());
+                out.push(Output::Begin(c.trace_id()));
+                c
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        if let Some(t) = conn.tuple {
+            let q = self.sent.entry(t).or_default();
+            if q.len() >= MAX_SENT {
+                q.pop_front();
+            }
+            q.push_back(Sent {
+                seq,
+                method,
+                target,
+                ctx: ctx.clone(),
+                claimed: false,
+            });
+        }
+        conn.open.push_back(Open {
+            seq,
+            ctx,
+            parent,
+            parent_remote: false,
+            provisional: false,
+            start_ns: io.start_ns,
+            tid,
+        });
+    }
+
+    /// The client span, on this host, that sent the request server connection `sk` read.
+    fn claim_caller(&mut self, sk: u64, method: &str, target: &str) -> Option<SpanContext> {
+        let t = self.conns.get(&sk)?.tuple?;
+        let q = self.sent.get_mut(&flip(&t))?;
+        let s = q
+            .iter_mut()
+            .find(|s| !s.claimed && s.method == method && s.target == target)?;
+        s.claimed = true;
+        Some(s.ctx.clone())
+    }
+
+    fn finished(&mut self, sk: u64, ex: Exchange, out: &mut Vec<Output>) {
+        let Some(conn) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        // Requests given up before this one (evicted, unanswered) leave the queue too.
+        let mut open = None;
+        while let Some(o) = conn.open.pop_front() {
+            if o.seq == ex.request.seq {
+                open = Some(o);
+                break;
+            }
+            if o.seq > ex.request.seq {
+                conn.open.push_front(o);
+                break;
+            }
+            Self::stop_serving(&mut self.serving, o.tid, sk, o.seq);
+        }
+        let Some(mut open) = open else {
+            return;
+        };
+        let (pid, comm, tuple) = (conn.pid, conn.comm, conn.tuple);
+        let (start_ns, end_ns) = match ex.role {
+            Role::Server => (open.start_ns, ex.response.end_ns),
+            Role::Client => (open.start_ns, ex.response.end_ns),
+        };
+        let local_root;
+        match ex.role {
+            Role::Server => {
+                Self::stop_serving(&mut self.serving, open.tid, sk, open.seq);
+                self.counts.server_spans += 1;
+                if open.provisional {
+                    // The caller's record may have come after this request's start.
+                    if let Some(c) = self.claim_caller(sk, &ex.request.method, &ex.request.target) {
+                        out.push(Output::Merge {
+                            from: open.ctx.trace_id(),
+                            to: c.trace_id(),
+                        });
+                        open.ctx = SpanContext::new(
+                            c.trace_id(),
+                            open.ctx.span_id(),
+                            open.ctx.trace_flags(),
+                            false,
+                            c.trace_state().clone(),
+                        );
+                        open.parent = Some(c);
+                    }
+                }
+                if open.parent_remote {
+                    self.counts.continued += 1;
+                } else if open.parent.is_some() {
+                    self.counts.linked += 1;
+                }
+                local_root = open.parent.is_none() || open.parent_remote;
+            }
+            Role::Client => {
+                self.counts.client_spans += 1;
+                if let Some(t) = tuple {
+                    if let Some(q) = self.sent.get_mut(&t) {
+                        q.retain(|s| s.seq != open.seq);
+                        if q.is_empty() {
+                            self.sent.remove(&t);
+                        }
+                    }
+                }
+                local_root = open.parent.is_none();
+            }
+        }
+        let (name, attributes, status) =
+            describe(&ex, tuple.as_ref(), open.tid, &self.opts.redactor);
+        out.push(Output::Span(Box::new(RequestSpan {
+            pid,
+            comm,
+            ctx: open.ctx,
+            parent: open.parent,
+            parent_remote: open.parent_remote,
+            kind: match ex.role {
+                Role::Server => SpanKind::Server,
+                Role::Client => SpanKind::Client,
+            },
+            name,
+            start_ns,
+            end_ns: end_ns.max(start_ns),
+            attributes,
+            status,
+            local_root,
+        })));
+    }
+
+    fn stop_serving(serving: &mut HashMap<u32, Vec<Serving>>, tid: u32, sk: u64, seq: u64) {
+        if let Some(v) = serving.get_mut(&tid) {
+            v.retain(|s| !(s.sk == sk && s.seq == seq));
+            if v.is_empty() {
+                serving.remove(&tid);
+            }
+        }
+    }
+
+    fn close(&mut self, sk: u64, now_ns: u64, out: &mut Vec<Output>) {
+        let done = match self.conns.get_mut(&sk) {
+            Some(c) => c.http.on_close(now_ns),
+            None => return,
+        };
+        for ex in done {
+            self.finished(sk, ex, out);
+        }
+        self.sync_counts(sk);
+        self.forget(sk);
+    }
+
+    fn forget(&mut self, sk: u64) {
+        if let Some(c) = self.conns.remove(&sk) {
+            for o in &c.open {
+                Self::stop_serving(&mut self.serving, o.tid, sk, o.seq);
+            }
+            if let Some(t) = c.tuple {
+                self.sent.remove(&t);
+            }
+        }
+    }
+
+    /// Adds what the connection's parser counted since the last look.
+    fn sync_counts(&mut self, sk: u64) {
+        let Some(c) = self.conns.get_mut(&sk) else {
+            return;
+        };
+        let now = c.http.counts;
+        let was = std::mem::replace(&mut c.reported, now);
+        self.counts.not_http += now.not_http - was.not_http;
+        self.counts.truncated += now.truncated - was.truncated;
+        self.counts.unmatched += now.unmatched - was.unmatched;
+        self.counts.unanswered += now.unanswered - was.unanswered;
+    }
+}
+
+/// Whether the remote end of a server connection is on this host.
+fn is_this_host(t: &Tuple) -> bool {
+    t.remote.ip().is_loopback() || t.remote.ip() == t.local.ip()
+}
+
+/// Parses a W3C `traceparent` (version 00 layout; later versions are read the same way, as
+/// the spec asks) into the caller's span context.
+pub fn parse_traceparent(tp: &str, tracestate: Option<&str>) -> Option<SpanContext> {
+    let mut parts = tp.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2
+        || version == "ff"
+        || trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if ![version, trace, span, flags].iter().all(|s| lower_hex(s)) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    let state = tracestate
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags),
+        true,
+        state,
+    ))
+}
+
+/// A path with its variable segments (numbers, UUIDs, long hex or mixed tokens) replaced by
+/// `{id}`: a low-cardinality route such as `/orders/{id}/items`.
+pub fn infer_route(path: &str) -> String {
+    if path.is_empty() || !path.starts_with('/') {
+        return "/".into();
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if is_id(seg) {
+            out.push_str("{id}");
+        } else {
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+fn is_id(seg: &str) -> bool {
+    if seg.is_empty() {
+        return false;
+    }
+    let b = seg.as_bytes();
+    if b.iter().all(u8::is_ascii_digit) {
+        return true;
+    }
+    // UUID: 8-4-4-4-12 hex digits.
+    if b.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| [8, 13, 18, 23].contains(&i) || c.is_ascii_hexdigit())
+    {
+        return true;
+    }
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    // Hex ids (object ids, hashes) of 16 or more digits with at least one number.
+    if b.len() >= 16 && digits > 0 && b.iter().all(u8::is_ascii_hexdigit) {
+        return true;
+    }
+    // Long tokens mixing letters and digits, and masked values.
+    (b.len() >= 20
+        && digits > 0
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_'))
+        || seg == crate::redact::MASK
+}
+
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    let target = target.split('#').next().unwrap_or_default();
+    // An absolute-form target (proxies): keep its path.
+    let path_query = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => target,
+    };
+    match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    }
+}
+
+/// The host part of a Host header (`name`, `name:port`, `[v6]:port`).
+fn host_of(h: &str) -> &str {
+    let h = h.trim();
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    h.rsplit_once(':').map_or(h, |(host, _)| host)
+}
+
+/// Span name, attributes (HTTP semantic conventions) and status of a finished exchange.
+fn describe(
+    ex: &Exchange,
+    tuple: Option<&Tuple>,
+    tid: u32,
+    redactor: &Redactor,
+) -> (String, Vec<KeyValue>, Status) {
+    let r = &ex.request;
+    let (path, query) = split_target(&r.target);
+    let path = redactor.redact(path);
+    let route = infer_route(&path);
+    let method = known_method(&r.method);
+    let name = format!("{} {}", method.as_ref(), route);
+    let status_code = ex.response.status;
+    let mut a = Vec::with_capacity(16);
+    a.push(KeyValue::new(
+        "http.request.method",
+        method.clone().into_owned(),
+    ));
+    if method != r.method.as_str() {
+        a.push(KeyValue::new(
+            "http.request.method_original",
+            r.method.clone(),
+        ));
+    }
+    a.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status_code),
+    ));
+    a.push(KeyValue::new("network.protocol.name", "http"));
+    a.push(KeyValue::new(
+        "network.protocol.version",
+        if r.version == 0 { "1.0" } else { "1.1" },
+    ));
+    a.push(KeyValue::new("thread.id", i64::from(tid)));
+    if let Some(ua) = &r.user_agent {
+        a.push(KeyValue::new("user_agent.original", ua.clone()));
+    }
+    let error = match ex.role {
+        Role::Server => status_code >= 500,
+        Role::Client => status_code >= 400,
+    };
+    let host_header = r.host.as_deref().map(host_of).filter(|h| !h.is_empty());
+    match ex.role {
+        Role::Server => {
+            a.push(KeyValue::new("url.path", path.clone().into_owned()));
+            if let Some(q) = query {
+                a.push(KeyValue::new("url.query", redactor.redact(q).into_owned()));
+            }
+            a.push(KeyValue::new("url.scheme", "http"));
+            a.push(KeyValue::new("http.route", route.clone()));
+            if let Some(t) = tuple {
+                a.push(KeyValue::new(
+                    "server.address",
+                    host_header.map_or_else(|| t.local.ip().to_string(), str::to_string),
+                ));
+                a.push(KeyValue::new("server.port", i64::from(t.local.port())));
+                a.push(KeyValue::new("client.address", t.remote.ip().to_string()));
+                a.push(KeyValue::new("client.port", i64::from(t.remote.port())));
+                a.push(KeyValue::new(
+                    "network.peer.address",
+                    t.remote.ip().to_string(),
+                ));
+                a.push(KeyValue::new(
+                    "network.peer.port",
+                    i64::from(t.remote.port()),
+                ));
+            } else if let Some(h) = host_header {
+                a.push(KeyValue::new("server.address", h.to_string()));
+            }
+        }
+        Role::Client => {
+            let host = host_header
+                .map(str::to_string)
+                .or_else(|| tuple.map(|t| t.remote.ip().to_string()))
+                .unwrap_or_default();
+            let port = tuple.map(|t| t.remote.port());
+            let authority = match port {
+                Some(p) if p != 80 => {
+                    if host.contains(':') {
+                        format!("[{host}]:{p}")
+                    } else {
+                        format!("{host}:{p}")
+                    }
+                }
+                _ => host.clone(),
+            };
+            let mut full = format!("http://{authority}{path}");
+            if let Some(q) = query {
+                full.push('?');
+                full.push_str(&redactor.redact(q));
+            }
+            a.push(KeyValue::new("url.full", full));
+            a.push(KeyValue::new("server.address", host));
+            if let Some(t) = tuple {
+                a.push(KeyValue::new("server.port", i64::from(t.remote.port())));
+                a.push(KeyValue::new(
+                    "network.peer.address",
+                    t.remote.ip().to_string(),
+                ));
+                a.push(KeyValue::new(
+                    "network.peer.port",
+                    i64::from(t.remote.port()),
+                ));
+            }
+        }
+    }
+    let status = if error {
+        a.push(KeyValue::new("error.type", status_code.to_string()));
+        // Semantic conventions: no description; the status code says it.
+        Status::Error {
+            description: Cow::Borrowed(""),
+        }
+    } else {
+        Status::Unset
+    };
+    (name, a, status)
+}
+
+/// The method as the semantic conventions name it: one of the known methods, else `_OTHER`.
+fn known_method(m: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|k| **k == m) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Borrowed("_OTHER"),
+    }
+}

@@ -1,0 +1,230 @@
+//! Whole traces kept or dropped together.
+//!
+//! Spans of a request trace (its request spans and their children) are held until the trace's
+//! local root ends; then the trace goes to the samplers as one [`Group`]: they decide on the
+//! root, and every span follows that decision with the same threshold (`th`). A span of a trace
+//! already decided ([`Group::Late`]) follows the remembered decision.
+//!
+//! Bounds: at most `max_spans` spans are held; beyond it, and for traces whose root has not
+//! ended within `max_age`, the oldest trace is released as it is (counted as `released_early`)
+//! and decided on its first request span.
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use opentelemetry::trace::{SpanContext, TraceId};
+
+use crate::spans::Built;
+
+/// Traces whose decision is remembered for late spans.
+const REMEMBERED: usize = 65_536;
+
+/// Spans that go to the samplers together.
+#[derive(Debug)]
+pub enum Group {
+    /// A span on its own.
+    One(Box<Built>),
+    /// A whole trace: decide on `spans[root]`, apply to all.
+    Trace { spans: Vec<Built>, root: usize },
+    /// Spans of a trace decided before: follow that decision (if still remembered).
+    Late { spans: Vec<Built>, trace: TraceId },
+}
+
+#[derive(Debug)]
+struct Held {
+    spans: Vec<Built>,
+    /// Monotonic ns of the first span or begin.
+    since_ns: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HoldCounts {
+    /// Traces released before their root ended (held too long, or too many spans held).
+    pub released_early: u64,
+    pub traces_completed: u64,
+}
+
+pub struct Holder {
+    held: HashMap<TraceId, Held>,
+    order: VecDeque<TraceId>,
+    total: usize,
+    max_spans: usize,
+    max_age_ns: u64,
+    decided: HashSet<TraceId>,
+    decided_order: VecDeque<TraceId>,
+    pub counts: HoldCounts,
+}
+
+/// `span` moved into trace `t` (its span id and parent id are unchanged).
+fn retrace(span: &mut opentelemetry_sdk::trace::SpanData, t: TraceId) {
+    let c = &span.span_context;
+    span.span_context = SpanContext::new(
+        t,
+        c.span_id(),
+        c.trace_flags(),
+        c.is_remote(),
+        c.trace_state().clone(),
+    );
+}
+
+impl Holder {
+    pub fn new(max_spans: usize, max_age: std::time::Duration) -> Holder {
+        Holder {
+            held: HashMap::new(),
+            order: VecDeque::new(),
+            total: 0,
+            max_spans,
+            max_age_ns: max_age.as_nanos() as u64,
+            decided: HashSet::new(),
+            decided_order: VecDeque::new(),
+            counts: HoldCounts::default(),
+        }
+    }
+
+    pub fn held_spans(&self) -> usize {
+        self.total
+    }
+
+    /// Spans of trace `t` are held from now on.
+    pub fn begin(&mut self, t: TraceId, now_ns: u64) {
+        if !self.held.contains_key(&t) && !self.decided.contains(&t) {
+            self.held.insert(
+                t,
+                Held {
+                    spans: Vec::new(),
+                    since_ns: now_ns,
+                },
+            );
+            self.order.push_back(t);
+        }
+    }
+
+    /// A span: held if its trace is, else passed on.
+    pub fn push(&mut self, b: Built, out: &mut Vec<Group>) {
+        let t = b.span.span_context.trace_id();
+        if let Some(h) = self.held.get_mut(&t) {
+            h.spans.push(b);
+            self.total += 1;
+            if self.total > self.max_spans {
+                self.release_oldest(out);
+            }
+        } else if self.decided.contains(&t) {
+            out.push(Group::Late {
+                spans: vec![b],
+                trace: t,
+            });
+        } else {
+            out.push(Group::One(Box::new(b)));
+        }
+    }
+
+    /// The local root of its trace ended: the trace is complete.
+    pub fn finish(&mut self, root: Built, out: &mut Vec<Group>) {
+        let t = root.span.span_context.trace_id();
+        if self.decided.contains(&t) {
+            out.push(Group::Late {
+                spans: vec![root],
+                trace: t,
+            });
+            return;
+        }
+        let mut spans = match self.held.remove(&t) {
+            Some(h) => {
+                self.total -= h.spans.len();
+                h.spans
+            }
+            None => Vec::new(),
+        };
+        self.order.retain(|x| *x != t);
+        spans.push(root);
+        let root = spans.len() - 1;
+        self.remember(t);
+        self.counts.traces_completed += 1;
+        out.push(Group::Trace { spans, root });
+    }
+
+    /// Trace `from` is part of trace `to`: its spans move there.
+    pub fn merge(&mut self, from: TraceId, to: TraceId, now_ns: u64, out: &mut Vec<Group>) {
+        if from == to {
+            return;
+        }
+        let Some(h) = self.held.remove(&from) else {
+            return;
+        };
+        self.order.retain(|x| *x != from);
+        let mut spans = h.spans;
+        for b in &mut spans {
+            retrace(&mut b.span, to);
+        }
+        if self.decided.contains(&to) {
+            self.total -= spans.len();
+            out.push(Group::Late { spans, trace: to });
+            return;
+        }
+        self.begin(to, now_ns);
+        if let Some(h) = self.held.get_mut(&to) {
+            h.spans.extend(spans);
+        }
+    }
+
+    /// Releases traces held longer than the maximum age.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Group>) {
+        while let Some(t) = self.order.front().copied() {
+            match self.held.get(&t) {
+                Some(h) if now_ns.saturating_sub(h.since_ns) > self.max_age_ns => {
+                    self.release_oldest(out)
+                }
+                Some(_) => break,
+                None => {
+                    self.order.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Releases everything held (at exit).
+    pub fn drain(&mut self, out: &mut Vec<Group>) {
+        while !self.order.is_empty() {
+            self.release_oldest(out);
+        }
+    }
+
+    fn release_oldest(&mut self, out: &mut Vec<Group>) {
+        while let Some(t) = self.order.pop_front() {
+            if let Some(h) = self.held.remove(&t) {
+                self.total -= h.spans.len();
+                self.counts.released_early += 1;
+                if h.spans.is_empty() {
+                    continue;
+                }
+                self.remember(t);
+                // Decide on the first request span (SERVER or CLIENT), else the first span.
+                let root = h
+                    .spans
+                    .iter()
+                    .position(|b| {
+                        matches!(
+                            b.span.span_kind,
+                            opentelemetry::trace::SpanKind::Server
+                                | opentelemetry::trace::SpanKind::Client
+                        )
+                    })
+                    .unwrap_or(0);
+                out.push(Group::Trace {
+                    spans: h.spans,
+                    root,
+                });
+                return;
+            }
+        }
+    }
+
+    fn remember(&mut self, t: TraceId) {
+        if self.decided.insert(t) {
+            self.decided_order.push_back(t);
+            if self.decided_order.len() > REMEMBERED {
+                if let Some(old) = self.decided_order.pop_front() {
+                    self.decided.remove(&old);
+                }
+            }
+        }
+    }
+}
