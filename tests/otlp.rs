@@ -15,7 +15,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{cgroup2_root, free_port, require_root, venv_bin, KspanProc, Trigger, KSPAN};
+use common::{cgroup2_root, free_port, require_root, tempdir, venv_bin, KspanProc, Trigger, KSPAN};
 
 /// The Python OTLP receiver; collects every span it decodes.
 struct Receiver {
@@ -154,8 +154,12 @@ fn by_name<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
     spans.iter().filter(|s| s["name"] == name).collect()
 }
 
-fn one<'a>(spans: &'a [Value], what: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
-    let found: Vec<&Value> = spans.iter().filter(|s| pred(s)).collect();
+fn one<'a>(
+    spans: impl IntoIterator<Item = &'a Value>,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> &'a Value {
+    let found: Vec<&Value> = spans.into_iter().filter(|s| pred(s)).collect();
     assert_eq!(found.len(), 1, "expected one {what}, found {found:#?}");
     found[0]
 }
@@ -1200,7 +1204,8 @@ impl Nginx {
                 "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
                  events {{ worker_connections 64; }}\n\
                  http {{ access_log off; server {{ listen 127.0.0.1:{port}; \
-                 location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+                 location / {{ return 200 \"ok\\n\"; }} \
+                 location /missing {{ return 404; }} location /fail {{ return 500; }} }} }}\n",
                 d = dir.display()
             ),
         )
@@ -1736,4 +1741,500 @@ fn default_run_during_a_cargo_build() {
         kept_1s + 1 >= truth_1s,
         "1 s calls: kept {kept_1s} of {truth_1s}"
     );
+}
+
+// ---- HTTP request spans ----
+
+const HTTP_SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
+
+/// A service of tests/http_service.py (ThreadingHTTPServer), killed on drop.
+struct Service {
+    child: Child,
+}
+
+impl Service {
+    fn start(port: u16, calls: &[String], slow_ms: u64) -> Service {
+        let mut cmd = Command::new("python3");
+        cmd.arg(HTTP_SERVICE).arg("serve").arg(port.to_string());
+        for c in calls {
+            cmd.args(["--call", c]);
+        }
+        if slow_ms > 0 {
+            cmd.args(["--slow-ms", &slow_ms.to_string()]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        wait_listening(port);
+        Service { child }
+    }
+
+    fn pid(&self) -> i64 {
+        i64::from(self.child.id())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a client action of tests/http_service.py; its JSON line.
+fn http_client(args: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(HTTP_SERVICE)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("client JSON")
+}
+
+fn attr<'a>(s: &'a Value, k: &str) -> &'a Value {
+    &s["attributes"][k]
+}
+
+fn pid_of(s: &Value) -> i64 {
+    s["resource"]["process.pid"].as_i64().unwrap_or(-1)
+}
+
+const SERVER: i64 = 2;
+const CLIENT: i64 = 3;
+
+fn requests(spans: &[Value], kind: i64) -> Vec<&Value> {
+    spans
+        .iter()
+        .filter(|s| s["kind"] == kind && !attr(s, "http.request.method").is_null())
+        .collect()
+}
+
+/// Every span whose parent is in `trace` has that parent in the list (nothing orphaned); the
+/// roots (no parent, or a remote parent from `traceparent`) are returned.
+fn check_tree<'a>(trace: &[&'a Value], remote_parent: Option<&str>) -> Vec<&'a Value> {
+    let ids: HashSet<&str> = trace
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap())
+        .collect();
+    let mut roots = Vec::new();
+    for s in trace {
+        let p = s["parent_span_id"].as_str().unwrap();
+        if p.is_empty() || Some(p) == remote_parent {
+            roots.push(*s);
+        } else {
+            assert!(
+                ids.contains(p),
+                "orphan: {} {} (parent {p})",
+                s["name"],
+                s["span_id"]
+            );
+        }
+    }
+    roots
+}
+
+/// nginx (an event loop) and Python's ThreadingHTTPServer as servers, ab, curl and Python
+/// clients: one SERVER span per request served and one CLIENT span per request sent, with
+/// exact method, path, route, status, redacted query; keep-alive, pipelining, a body sent
+/// in parts; 404 and 500; latencies that agree with what the client measured; each server
+/// span the child of the client span on the other end of its connection.
+#[test]
+fn http_requests_become_server_and_client_spans() {
+    require_root();
+    let (ngx_port, py_port, slow_port) = (free_port(), free_port(), free_port());
+    let nginx = Nginx::start(ngx_port);
+    let ngx_pids = nginx.pids();
+    let py = Service::start(py_port, &[], 0);
+    let slow = Service::start(slow_port, &[], 60);
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    // No process filter: the receiver's own HTTP server is traced too, and must not describe
+    // kspan's exports to it (OTLP/HTTP on its port).
+    let run = Run::start(&["--endpoint", &endpoint, "--no-syscalls"]);
+    const N: usize = 30;
+    let url =
+        format!("http://127.0.0.1:{ngx_port}/orders/7?email=jane.doe@example.com&token=s3cr3t");
+    let ab = Command::new("ab")
+        .args(["-q", "-k", "-n", &N.to_string(), "-c", "1", &url])
+        .output()
+        .expect("ab (KSPAN_SETUP_TEST=1 scripts/setup installs apache2-utils)");
+    assert!(ab.status.success(), "{ab:?}");
+    for (path, code) in [("/missing/3", "404"), ("/fail", "500")] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{ngx_port}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), code);
+    }
+    let py_port_s = py_port.to_string();
+    assert_eq!(
+        http_client(&["keepalive", "127.0.0.1", &py_port_s, "/items/5", "3"])["status"],
+        serde_json::json!([200, 200, 200])
+    );
+    assert_eq!(
+        http_client(&["pipelined", "127.0.0.1", &py_port_s, "/p/1", "/missing/2"])["status"],
+        serde_json::json!([200, 404])
+    );
+    assert_eq!(
+        http_client(&[
+            "split_post",
+            "127.0.0.1",
+            &py_port_s,
+            "/upload",
+            "abc",
+            "defg",
+            "hij"
+        ])["status"],
+        serde_json::json!([200])
+    );
+    let measured = http_client(&["get", &format!("http://127.0.0.1:{slow_port}/slow"), "5"]);
+    // Every request: 30 + 2 server spans in nginx, 3 + 2 + 1 + 5 in Python.
+    let spans = rx.wait_for("every request span", |s| {
+        requests(s, SERVER).len() >= N + 2 + 11 && requests(s, CLIENT).len() >= N + 2 + 11
+    });
+    let (summary, _) = run.stop();
+    assert_eq!(dropped_total(&summary), 0, "{summary}");
+    let servers = requests(&spans, SERVER);
+    let clients = requests(&spans, CLIENT);
+    assert_eq!(servers.len(), N + 2 + 11, "server spans");
+    assert_eq!(clients.len(), N + 2 + 11, "client spans");
+
+    // nginx: 30 keep-alive requests from ab, then curl's 404 and 500.
+    let orders: Vec<_> = servers
+        .iter()
+        .filter(|s| ngx_pids.contains(&pid_of(s)) && s["name"] == "GET /orders/{id}")
+        .collect();
+    assert_eq!(orders.len(), N);
+    for s in &orders {
+        assert_eq!(attr(s, "http.request.method"), "GET");
+        assert_eq!(attr(s, "url.path"), "/orders/7");
+        assert_eq!(attr(s, "url.query"), "email=***&token=***");
+        assert_eq!(attr(s, "http.route"), "/orders/{id}");
+        assert_eq!(attr(s, "http.response.status_code"), 200);
+        assert_eq!(attr(s, "server.port"), i64::from(ngx_port));
+        assert_eq!(attr(s, "client.address"), "127.0.0.1");
+        assert_eq!(attr(s, "user_agent.original"), "ApacheBench/2.3");
+        assert_eq!(s["status_code"], 0);
+    }
+    let ab_clients: Vec<_> = clients
+        .iter()
+        .filter(|s| s["resource"]["process.executable.name"] == "ab")
+        .collect();
+    assert_eq!(ab_clients.len(), N);
+    let ab_ids: HashSet<&str> = ab_clients
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap())
+        .collect();
+    for s in &ab_clients {
+        assert_eq!(
+            attr(s, "url.full"),
+            format!("http://127.0.0.1:{ngx_port}/orders/7?email=***&token=***").as_str()
+        );
+        assert_eq!(attr(s, "server.port"), i64::from(ngx_port));
+    }
+    // Each nginx span is the child of ab's span on the other end of the connection.
+    for s in &orders {
+        assert!(
+            ab_ids.contains(s["parent_span_id"].as_str().unwrap()),
+            "{s}"
+        );
+    }
+    let missing = one(&spans, "nginx 404", |s| {
+        s["kind"] == SERVER && attr(s, "url.path") == "/missing/3"
+    });
+    assert_eq!(attr(missing, "http.response.status_code"), 404);
+    assert_eq!(missing["status_code"], 0, "a 404 is not a server error");
+    let curl_404 = one(&spans, "curl 404", |s| {
+        s["kind"] == CLIENT
+            && attr(s, "url.full")
+                .as_str()
+                .is_some_and(|u| u.ends_with("/missing/3"))
+    });
+    assert_eq!(curl_404["status_code"], 2, "a 404 is a client error");
+    assert_eq!(attr(curl_404, "error.type"), "404");
+    let fail = one(&spans, "nginx 500", |s| {
+        s["kind"] == SERVER && attr(s, "url.path") == "/fail"
+    });
+    assert_eq!(fail["status_code"], 2);
+    assert_eq!(attr(fail, "error.type"), "500");
+
+    // Python: keep-alive, pipelining, a body in parts.
+    let py_servers: Vec<_> = servers.iter().filter(|s| pid_of(s) == py.pid()).collect();
+    assert_eq!(py_servers.len(), 6);
+    let items: Vec<_> = py_servers
+        .iter()
+        .filter(|s| s["name"] == "GET /items/{id}")
+        .collect();
+    assert_eq!(items.len(), 3);
+    let pipelined: Vec<_> = py_servers
+        .iter()
+        .filter(|s| attr(s, "url.path") == "/p/1" || attr(s, "url.path") == "/missing/2")
+        .collect();
+    assert_eq!(pipelined.len(), 2);
+    let post = one(&spans, "POST /upload", |s| {
+        s["kind"] == SERVER && s["name"] == "POST /upload"
+    });
+    assert_eq!(attr(post, "http.response.status_code"), 200);
+    let post_ms = (post["end"].as_u64().unwrap() - post["start"].as_u64().unwrap()) as f64 / 1e6;
+    assert!(
+        post_ms >= 40.0,
+        "the body's three parts came over 60 ms: {post_ms} ms"
+    );
+
+    // Latency: the client measured each request (connect included); kspan's CLIENT span runs
+    // from its write to its last read, the SERVER span inside it, 60 ms of sleep within.
+    let ms: Vec<f64> = measured["ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let slow_servers: Vec<_> = servers.iter().filter(|s| pid_of(s) == slow.pid()).collect();
+    assert_eq!(slow_servers.len(), 5);
+    for srv in &slow_servers {
+        let client = clients
+            .iter()
+            .find(|c| c["span_id"] == srv["parent_span_id"])
+            .unwrap_or_else(|| panic!("the client span of {srv}"));
+        let d =
+            |s: &Value| (s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap()) as f64 / 1e6;
+        let (sd, cd) = (d(srv), d(client));
+        assert!(sd >= 60.0 && sd <= cd, "server {sd} ms, client {cd} ms");
+        let closest = ms.iter().map(|m| (m - cd).abs()).fold(f64::MAX, f64::min);
+        assert!(
+            closest < 5.0 && ms.iter().any(|m| *m >= cd),
+            "client span {cd} ms vs measured {ms:?}"
+        );
+    }
+    assert!(
+        !spans.iter().any(|s| attr(s, "url.path") == "/v1/traces"),
+        "kspan's own exports are not traced"
+    );
+    // Nothing personal left anywhere.
+    let text = serde_json::to_string(&spans).unwrap();
+    assert!(!text.contains("jane.doe") && !text.contains("s3cr3t"));
+    assert_eq!(summary["http"]["not_http"], 0, "{summary}");
+    assert_eq!(summary["http"]["unmatched"], 0, "{summary}");
+}
+
+/// Starts C, B (calls C twice) and A (calls B): three uninstrumented services.
+fn chain() -> (Service, Service, Service, u16) {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let c = Service::start(pc, &[], 0);
+    let b = Service::start(
+        pb,
+        &[
+            format!("http://127.0.0.1:{pc}/c1"),
+            format!("http://127.0.0.1:{pc}/c2"),
+        ],
+        0,
+    );
+    let a = Service::start(pa, &[format!("http://127.0.0.1:{pb}/orders/42")], 0);
+    (a, b, c, pa)
+}
+
+/// A client calls A, A calls B, B calls C twice, all uninstrumented Python on loopback: one
+/// trace per request with every parent right and nothing orphaned; the thread's syscalls
+/// while it serves are children of its request. Then curl sends a `traceparent` (curl is not
+/// traced here): the trace continues the caller's.
+#[test]
+fn a_chain_of_services_is_one_trace() {
+    require_root();
+    let (a, b, c, pa) = chain();
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    let run = Run::start(&["--endpoint", &endpoint, "--comm", "python3"]);
+    const N: usize = 3;
+    let measured = http_client(&[
+        "get",
+        &format!("http://127.0.0.1:{pa}/start"),
+        &N.to_string(),
+    ]);
+    assert_eq!(measured["status"], serde_json::json!([200, 200, 200]));
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let out = Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("traceparent: 00-{caller_trace}-{caller_span}-01"))
+        .args(["-H", "tracestate: vendor=abc"])
+        .arg(format!("http://127.0.0.1:{pa}/continued"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let spans = rx.wait_for("four traces of request spans", |s| {
+        requests(s, SERVER).len() >= 4 * 4
+    });
+    let (summary, _) = run.stop();
+    assert_eq!(dropped_total(&summary), 0, "{summary}");
+    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for s in &spans {
+        traces
+            .entry(s["trace_id"].as_str().unwrap())
+            .or_default()
+            .push(s);
+    }
+    let with_requests: Vec<&str> = traces
+        .iter()
+        .filter(|(_, v)| v.iter().any(|s| !attr(s, "http.request.method").is_null()))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(with_requests.len(), N + 1, "one trace per request");
+    let pids = [a.pid(), b.pid(), c.pid()];
+    for t in &with_requests {
+        let trace = &traces[t];
+        let continued = *t == caller_trace;
+        let roots = check_tree(trace, continued.then_some(caller_span));
+        assert_eq!(roots.len(), 1, "one root: {roots:#?}");
+        let root = roots[0];
+        let by_id: HashMap<&str, &Value> = trace
+            .iter()
+            .map(|s| (s["span_id"].as_str().unwrap(), *s))
+            .collect();
+        let parent = |s: &Value| by_id[s["parent_span_id"].as_str().unwrap()];
+        let reqs: Vec<&&Value> = trace
+            .iter()
+            .filter(|s| !attr(s, "http.request.method").is_null())
+            .collect();
+        // client -> A, A -> B, B -> C twice: 4 servers, 4 clients (3 when curl is the caller).
+        let servers: Vec<_> = reqs.iter().filter(|s| s["kind"] == SERVER).collect();
+        let clients: Vec<_> = reqs.iter().filter(|s| s["kind"] == CLIENT).collect();
+        assert_eq!(servers.len(), 4, "{t}");
+        assert_eq!(clients.len(), if continued { 3 } else { 4 }, "{t}");
+        let server_a = one(trace.iter().copied(), "server A", |s| {
+            s["kind"] == SERVER && pid_of(s) == pids[0]
+        });
+        let server_b = one(trace.iter().copied(), "server B", |s| {
+            s["kind"] == SERVER && pid_of(s) == pids[1]
+        });
+        if continued {
+            assert_eq!(root["span_id"], server_a["span_id"]);
+            assert_eq!(server_a["parent_span_id"], caller_span);
+            assert!(server_a["trace_state"]
+                .as_str()
+                .unwrap()
+                .contains("vendor=abc"));
+            assert_eq!(server_a["name"], "GET /continued");
+        } else {
+            assert_eq!(root["kind"], CLIENT);
+            assert!(
+                !pids.contains(&pid_of(root)),
+                "the client process is the root"
+            );
+            assert_eq!(parent(server_a)["span_id"], root["span_id"]);
+            assert_eq!(server_a["name"], "GET /start");
+        }
+        assert_eq!(server_b["name"], "GET /orders/{id}");
+        let ab = parent(server_b);
+        assert_eq!((ab["kind"].as_i64(), pid_of(ab)), (Some(CLIENT), pids[0]));
+        assert_eq!(parent(ab)["span_id"], server_a["span_id"]);
+        let cs: Vec<_> = servers.iter().filter(|s| pid_of(s) == pids[2]).collect();
+        assert_eq!(cs.len(), 2);
+        let mut paths: Vec<&str> = cs
+            .iter()
+            .map(|s| attr(s, "url.path").as_str().unwrap())
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["/c1", "/c2"]);
+        for s in cs {
+            let bc = parent(s);
+            assert_eq!((bc["kind"].as_i64(), pid_of(bc)), (Some(CLIENT), pids[1]));
+            assert_eq!(parent(bc)["span_id"], server_b["span_id"]);
+        }
+        // B's own syscalls and connects while it serves: children of B's server span, on its
+        // thread.
+        let b_children: Vec<_> = trace
+            .iter()
+            .filter(|s| {
+                s["parent_span_id"] == server_b["span_id"]
+                    && attr(s, "http.request.method").is_null()
+            })
+            .collect();
+        assert!(
+            b_children.iter().any(|s| s["name"] == "tcp connect"),
+            "B's connects to C are its children: {:?}",
+            b_children.iter().map(|s| &s["name"]).collect::<Vec<_>>()
+        );
+        for s in b_children {
+            assert_eq!(attr(s, "thread.id"), attr(server_b, "thread.id"), "{s}");
+        }
+    }
+    assert_eq!(summary["http"]["linked"], (N * 4 + 3) as u64, "{summary}");
+    assert_eq!(summary["http"]["continued"], 1, "{summary}");
+}
+
+/// Sampling decides on whole traces: with 25 % by trace id, a request trace arrives whole (all
+/// eight request spans, one threshold) or not at all, and exactly the traces whose trace id
+/// passes the threshold are kept.
+#[test]
+fn request_traces_are_sampled_whole() {
+    require_root();
+    let (_a, _b, _c, pa) = chain();
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    let dir = tempdir("sampled-whole");
+    let config = dir.join("kspan.yaml");
+    std::fs::write(
+        &config,
+        "capture: {syscall_spans: false, tcp: false}\nsampling:\n  rules:\n    default_sampling_percentage: 25\n",
+    )
+    .unwrap();
+    let run = Run::start(&[
+        "--endpoint",
+        &endpoint,
+        "--comm",
+        "python3",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    const N: usize = 40;
+    http_client(&[
+        "get",
+        &format!("http://127.0.0.1:{pa}/start"),
+        &N.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (summary, _) = run.stop();
+    let spans = rx.spans();
+    let sampled_out = summary["dropped"]["sampled_out"].as_u64().unwrap();
+    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for s in &spans {
+        traces
+            .entry(s["trace_id"].as_str().unwrap())
+            .or_default()
+            .push(s);
+    }
+    assert!(
+        !traces.is_empty() && traces.len() < N,
+        "some traces kept, some dropped: {} kept: {:?} {summary}",
+        traces.len(),
+        traces
+            .values()
+            .map(|v| v
+                .iter()
+                .map(|s| s["name"].as_str().unwrap())
+                .collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        spans.len() as u64 + sampled_out,
+        (N * 8) as u64,
+        "every request span either arrived or was sampled out: {summary}"
+    );
+    for (t, trace) in &traces {
+        assert_eq!(trace.len(), 8, "trace {t} arrived whole");
+        let states: HashSet<&str> = trace
+            .iter()
+            .map(|s| s["trace_state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.len(), 1, "one threshold per trace: {states:?}");
+        let th = states.iter().next().unwrap().split("th:").nth(1).unwrap();
+        let th = th.split(|c| c == ';' || c == ',').next().unwrap();
+        let threshold = u64::from_str_radix(&format!("{th:0<14}"), 16).unwrap();
+        let randomness = u64::from_str_radix(&t[18..], 16).unwrap();
+        assert!(randomness >= threshold, "trace {t} kept by th:{th}");
+    }
 }

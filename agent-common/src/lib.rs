@@ -101,6 +101,17 @@ pub struct HttpData {
     pub nr: u32,
     /// Bytes that follow this struct in the record.
     pub captured: u32,
+    /// The socket's ends, read from it when the transfer happened (0 family: unknown).
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    pub _pad: u16,
+    /// Local and remote address: IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 /// `HttpData` header flag: the process wrote (sent) the bytes; otherwise it read them.
@@ -201,6 +212,8 @@ pub mod globals {
     pub const TCP_SOCK_SRTT_US_OFFSET: &str = "TCP_SOCK_SRTT_US_OFFSET";
     pub const TCP_REQ_SNT_SYNACK_OFFSET: &str = "TCP_REQ_SNT_SYNACK_OFFSET";
     pub const HTTP_PREFIX: &str = "HTTP_PREFIX";
+    pub const SOCK_V6_DADDR_OFFSET: &str = "SOCK_V6_DADDR_OFFSET";
+    pub const SOCK_V6_SADDR_OFFSET: &str = "SOCK_V6_SADDR_OFFSET";
     pub const ALL: &[&str] = &[
         SELF_TGID,
         FILTER_FLAGS,
@@ -216,6 +229,8 @@ pub mod globals {
         TCP_SOCK_SRTT_US_OFFSET,
         TCP_REQ_SNT_SYNACK_OFFSET,
         HTTP_PREFIX,
+        SOCK_V6_DADDR_OFFSET,
+        SOCK_V6_SADDR_OFFSET,
     ];
 }
 
@@ -386,9 +401,9 @@ mod tests {
         assert_eq!(size_of::<TcpData>(), 8 + 4 * 2 + 32 + 8);
         assert_eq!(size_of::<SyscallEvent>(), 56 + 24);
         assert_eq!(size_of::<TcpEvent>(), 56 + 56);
-        assert_eq!(size_of::<HttpData>(), 32);
-        assert_eq!(size_of::<HttpEvent>(), 56 + 32);
-        assert_eq!(size_of::<HttpRecord>(), 56 + 32 + HTTP_PREFIX_MAX);
+        assert_eq!(size_of::<HttpData>(), 72);
+        assert_eq!(size_of::<HttpEvent>(), 56 + 72);
+        assert_eq!(size_of::<HttpRecord>(), 56 + 72 + HTTP_PREFIX_MAX);
         assert_eq!(size_of::<SyscallStart>(), 40);
     }
 

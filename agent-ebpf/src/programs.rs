@@ -67,6 +67,12 @@ static TCP_REQ_SNT_SYNACK_OFFSET: u32 = 0;
 /// capture off.
 #[unsafe(no_mangle)]
 static HTTP_PREFIX: u32 = 0;
+/// Byte offsets of `sock_common.skc_v6_daddr` and `skc_v6_rcv_saddr` from the kernel's BTF;
+/// 0: unknown (IPv6 HTTP records then carry no addresses).
+#[unsafe(no_mangle)]
+static SOCK_V6_DADDR_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static SOCK_V6_SADDR_OFFSET: u32 = 0;
 
 #[inline(always)]
 fn setting_u32(v: &'static u32) -> u32 {
@@ -555,13 +561,13 @@ fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64
             cgroup_id: unsafe { bpf_get_current_cgroup_id() },
             comm: comm(),
         },
-        data: HttpData {
-            sk: start.sk,
-            fd: syscall_arg(regs, 0, start.arg0),
-            len: ret as u64,
+        data: http_data(
+            start.sk,
+            syscall_arg(regs, 0, start.arg0),
+            ret as u64,
             nr,
-            captured: n,
-        },
+            n,
+        ),
     };
     output_http(rec, n);
 }
@@ -620,15 +626,55 @@ fn http_close(skaddr: u64, now: u64) {
             cgroup_id: 0,
             comm: [0; COMM_LEN],
         },
-        data: HttpData {
-            sk: skaddr,
-            fd: 0,
-            len: 0,
-            nr: 0,
-            captured: 0,
-        },
+        data: http_data(skaddr, 0, 0, 0, 0),
     };
     output_http(rec, 0);
+}
+
+/// An HTTP record's payload, with the socket's ends read from `struct sock_common`: daddr at
+/// 0, rcv_saddr at 4, dport (network order) at 12, num (the local port) at 14, family at 16;
+/// the IPv6 addresses at the offsets BTF gave.
+#[inline(always)]
+fn http_data(sk: u64, fd: u64, len: u64, nr: u32, captured: u32) -> HttpData {
+    let mut d = HttpData {
+        sk,
+        fd,
+        len,
+        nr,
+        captured,
+        family: 0,
+        sport: 0,
+        dport: 0,
+        _pad: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+    };
+    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk as *const [u8; 18]) }) else {
+        return d;
+    };
+    let family = u16::from_ne_bytes([head[16], head[17]]);
+    d.dport = u16::from_be_bytes([head[12], head[13]]);
+    d.sport = u16::from_ne_bytes([head[14], head[15]]);
+    if family == 2 {
+        d.daddr[..4].copy_from_slice(&head[0..4]);
+        d.saddr[..4].copy_from_slice(&head[4..8]);
+    } else if family == 10 {
+        let (doff, soff) = (
+            setting_u32(&SOCK_V6_DADDR_OFFSET),
+            setting_u32(&SOCK_V6_SADDR_OFFSET),
+        );
+        if doff == 0 || soff == 0 {
+            return d;
+        }
+        d.daddr = unsafe { bpf_probe_read_kernel((sk + doff as u64) as *const [u8; 16]) }
+            .unwrap_or([0; 16]);
+        d.saddr = unsafe { bpf_probe_read_kernel((sk + soff as u64) as *const [u8; 16]) }
+            .unwrap_or([0; 16]);
+    } else {
+        return d;
+    }
+    d.family = family;
+    d
 }
 
 /// Whether `-ret` is listed as an expected outcome of syscall `nr`.

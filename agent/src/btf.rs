@@ -15,6 +15,11 @@ pub struct KernelOffsets {
     /// `struct tcp_request_sock.snt_synack` (u64, us of CLOCK_MONOTONIC): when the first
     /// SYN-ACK of a pending passive open was sent.
     pub tcp_request_sock_snt_synack: Option<u32>,
+    /// `struct sock_common.skc_v6_daddr` (struct in6_addr): the remote IPv6 address. (The
+    /// IPv4 addresses and the ports sit at fixed offsets 0-15, in anonymous unions.)
+    pub sock_common_v6_daddr: Option<u32>,
+    /// `struct sock_common.skc_v6_rcv_saddr`: the local IPv6 address.
+    pub sock_common_v6_rcv_saddr: Option<u32>,
 }
 
 /// Offsets for the running kernel; an error says why none could be read.
@@ -92,6 +97,8 @@ pub fn offsets_from(data: &[u8]) -> Result<KernelOffsets, String> {
     Ok(KernelOffsets {
         tcp_sock_srtt_us: btf.member_offset("tcp_sock", "srtt_us"),
         tcp_request_sock_snt_synack: btf.member_offset("tcp_request_sock", "snt_synack"),
+        sock_common_v6_daddr: btf.member_offset("sock_common", "skc_v6_daddr"),
+        sock_common_v6_rcv_saddr: btf.member_offset("sock_common", "skc_v6_rcv_saddr"),
     })
 }
 
@@ -411,5 +418,9 @@ mod tests {
             bpftool_offset(&dump, "tcp_request_sock", "snt_synack")
         );
         assert!(o.tcp_sock_srtt_us.is_some() && o.tcp_request_sock_snt_synack.is_some());
+        assert_eq!(
+            (o.sock_common_v6_daddr, o.sock_common_v6_rcv_saddr),
+            (Some(56), Some(72))
+        );
     }
 }

@@ -333,11 +333,12 @@ impl Capture {
         let emit_failed = config.emit_failed as u32;
         let proc_hist = config.proc_hist as u32;
         let in_array = starts_in_array as u32;
-        let emit_tcp = config.emit_tcp as u32;
+        // Without TCP tracing, HTTP capture still follows sockets to their close, quietly.
+        let emit_tcp = (config.emit_tcp && config.tcp) as u32;
         let wakeup_bytes = config.wakeup_bytes.unwrap_or(rb as u64 / 4);
         // The last quarter of the ring buffer is for failures and TCP events.
         let shed_bytes = rb as u64 / 4 * 3;
-        let offsets = if config.tcp {
+        let offsets = if config.tcp || config.http_prefix != 0 {
             crate::btf::kernel_offsets().unwrap_or_else(|e| {
                 log::warn!(
                     "cannot read kernel BTF ({e}): accept events will not carry the handshake \
@@ -350,6 +351,8 @@ impl Capture {
         };
         let srtt_offset = offsets.tcp_sock_srtt_us.unwrap_or(0);
         let http_prefix = config.http_prefix.min(agent_common::HTTP_PREFIX_MAX as u32);
+        let v6_daddr = offsets.sock_common_v6_daddr.unwrap_or(0);
+        let v6_saddr = offsets.sock_common_v6_rcv_saddr.unwrap_or(0);
         let synack_offset = offsets.tcp_request_sock_snt_synack.unwrap_or(0);
 
         let mut loader = EbpfLoader::new();
@@ -368,6 +371,8 @@ impl Capture {
             .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &srtt_offset, true)
             .override_global(globals::TCP_REQ_SNT_SYNACK_OFFSET, &synack_offset, true)
             .override_global(globals::HTTP_PREFIX, &http_prefix, true)
+            .override_global(globals::SOCK_V6_DADDR_OFFSET, &v6_daddr, true)
+            .override_global(globals::SOCK_V6_SADDR_OFFSET, &v6_saddr, true)
             .map_max_entries(maps::EVENTS, rb)
             .map_max_entries(
                 maps::STARTS_ARRAY,
@@ -427,13 +432,15 @@ impl Capture {
                 }
             }
         }
-        if config.tcp {
+        if config.tcp || http_prefix != 0 {
             attach_tp(
                 &mut ebpf,
                 programs::SOCK_SET_STATE_TCP,
                 "sock",
                 "inet_sock_set_state",
             )?;
+        }
+        if config.tcp {
             attach_tp(
                 &mut ebpf,
                 programs::TCP_RETRANSMIT_SKB,

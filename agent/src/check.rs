@@ -69,11 +69,14 @@ pub fn run_checks() -> Report {
         Ok(KernelOffsets {
             tcp_sock_srtt_us: Some(srtt),
             tcp_request_sock_snt_synack: Some(synack),
+            sock_common_v6_daddr: Some(v6d),
+            sock_common_v6_rcv_saddr: Some(v6s),
         }) => (
             true,
             format!(
                 "{} read: TCP accept handshake times from tcp_sock.srtt_us (+{srtt}) and \
-                 tcp_request_sock.snt_synack (+{synack})",
+                 tcp_request_sock.snt_synack (+{synack}); IPv6 ends of HTTP connections from \
+                 sock_common.skc_v6_daddr (+{v6d}) and skc_v6_rcv_saddr (+{v6s})",
                 crate::btf::VMLINUX
             ),
         ),
@@ -81,7 +84,7 @@ pub fn run_checks() -> Report {
             false,
             format!(
                 "fields not found ({o:?}): accept events will carry no handshake time \
-                 (handshake_known=false)"
+                 (handshake_known=false), or HTTP records on IPv6 no addresses"
             ),
         ),
         Err(e) => (

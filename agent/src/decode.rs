@@ -186,6 +186,10 @@ mod tests {
             len: 100,
             nr: 45,
             captured: body.len() as u32,
+            family: 2,
+            sport: 8080,
+            dport: 40000,
+            ..Default::default()
         };
         let ev = RawEvent::Http(header(EventKind::Http), d, body);
         let bytes = encode(&ev);

@@ -270,14 +270,15 @@ impl Requests {
         )
     }
 
-    /// Feeds one HTTP record. `tuple` names the connection's ends when the caller knows them
-    /// (from TCP events, or /proc); it is asked once per connection.
+    /// Feeds one HTTP record. `known` names the connection's ends when the record or a TCP
+    /// event did; else `resolve` (/proc, costly) is asked once per connection.
     pub fn on_record(
         &mut self,
         h: &EventHeader,
         d: &HttpData,
         bytes: &[u8],
-        tuple: impl FnOnce() -> Option<Tuple>,
+        known: Option<Tuple>,
+        resolve: impl FnOnce() -> Option<Tuple>,
         out: &mut Vec<Output>,
     ) {
         self.counts.transfers += 1;
@@ -286,8 +287,16 @@ impl Requests {
             return;
         }
         self.use_clock += 1;
+        let tuple = known;
+        // A socket address reused by a new connection whose predecessor's close was missed.
+        if let (Some(c), Some(t)) = (self.conns.get(&d.sk), tuple) {
+            if c.tuple.is_some_and(|old| old != t) {
+                self.close(d.sk, h.start_ns, out);
+            }
+        }
         if !self.conns.contains_key(&d.sk) {
-            self.new_conn(h, d.sk, tuple());
+            let tuple = tuple.or_else(resolve);
+            self.new_conn(h, d.sk, tuple);
         }
         let Some(conn) = self.conns.get_mut(&d.sk) else {
             return;

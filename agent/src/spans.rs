@@ -69,6 +69,17 @@ pub mod attr {
     pub const SAMPLING_RULE: &str = "kspan.sampling.rule";
 }
 
+/// The ends of an HTTP record's socket, as the kernel read them.
+fn http_tuple(d: &agent_common::HttpData) -> Option<Tuple> {
+    if d.family == 0 || (d.sport == 0 && d.dport == 0) {
+        return None;
+    }
+    Some(Tuple::new(
+        SocketAddr::new(ip_addr(d.family, &d.saddr), d.sport),
+        SocketAddr::new(ip_addr(d.family, &d.daddr), d.dport),
+    ))
+}
+
 /// A span and the resource of the process it belongs to.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -177,7 +188,8 @@ impl<R: FdResolver> SpanBuilder<R> {
             h,
             d,
             bytes,
-            || conns.tuple_of(d.sk).or_else(|| conns.resolve(h.pid, d.fd)),
+            http_tuple(d).or_else(|| conns.tuple_of(d.sk)),
+            || conns.resolve(h.pid, d.fd),
             &mut outputs,
         );
         for o in outputs.drain(..) {

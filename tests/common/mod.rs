@@ -230,3 +230,12 @@ impl Trigger {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad trigger output {line:?}: {e}"))
     }
 }
+
+/// A fresh directory for this test process under the system temp dir.
+#[allow(dead_code)]
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kspan-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
