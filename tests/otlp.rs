@@ -2232,7 +2232,7 @@ fn request_traces_are_sampled_whole() {
             .collect();
         assert_eq!(states.len(), 1, "one threshold per trace: {states:?}");
         let th = states.iter().next().unwrap().split("th:").nth(1).unwrap();
-        let th = th.split(|c| c == ';' || c == ',').next().unwrap();
+        let th = th.split([';', ',']).next().unwrap();
         let threshold = u64::from_str_radix(&format!("{th:0<14}"), 16).unwrap();
         let randomness = u64::from_str_radix(&t[18..], 16).unwrap();
         assert!(randomness >= threshold, "trace {t} kept by th:{th}");
