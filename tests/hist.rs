@@ -373,3 +373,76 @@ fn a_full_per_process_map_is_counted() {
     assert!(full > 0, "5,000 processes did not fill the map");
     assert_eq!(total(&procs) + full, total(&sys));
 }
+
+/// `kspan top --by route --json`: requests, errors and latency per (service, kind, route),
+/// against a Python service that takes 20 ms per request, called 20 times on two order ids
+/// and 5 times on a path that fails.
+#[test]
+fn top_by_route_counts_requests_errors_and_latency() {
+    require_root();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
+    let mut server = Command::new("python3")
+        .args([service, "serve", &port.to_string(), "--slow-ms", "20"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cmd = Command::new(KSPAN);
+    cmd.args([
+        "top",
+        "--by",
+        "route",
+        "--json",
+        "--interval",
+        "500ms",
+        "--comm",
+        "python3",
+    ]);
+    let mut top = KspanProc::start(cmd, "following HTTP requests");
+    for (path, n) in [("/orders/1", "10"), ("/orders/2", "10"), ("/fail", "5")] {
+        let st = Command::new("python3")
+            .args([service, "get", &format!("http://127.0.0.1:{port}{path}"), n])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let out = top.stop(libc::SIGTERM);
+    let _ = server.kill();
+    let _ = server.wait();
+    // Sum the intervals.
+    let mut totals: std::collections::HashMap<(String, String), (u64, u64, u64)> =
+        Default::default();
+    for line in out.lines() {
+        let doc: Value = serde_json::from_str(line).expect("JSON document");
+        for r in doc["rows"].as_array().unwrap() {
+            let k = (
+                r["kind"].as_str().unwrap().to_string(),
+                r["route"].as_str().unwrap().to_string(),
+            );
+            let e = totals.entry(k).or_default();
+            e.0 += r["requests"].as_u64().unwrap();
+            e.1 += r["errors"].as_u64().unwrap();
+            e.2 = e.2.max(r["p50_ns"].as_u64().unwrap());
+            assert!(r["p99_ns"].as_u64() >= r["p50_ns"].as_u64());
+        }
+    }
+    let get = |kind: &str, route: &str| totals[&(kind.to_string(), route.to_string())];
+    let (n, errors, p50) = get("server", "GET /orders/{id}");
+    assert_eq!((n, errors), (20, 0), "{totals:?}");
+    assert!(p50 >= 20_000_000, "the service sleeps 20 ms: p50 {p50} ns");
+    assert_eq!(get("server", "GET /fail").0, 5);
+    assert_eq!(get("server", "GET /fail").1, 5, "500s are server errors");
+    assert_eq!(get("client", "GET /orders/{id}").0, 20);
+    assert_eq!(get("client", "GET /fail").1, 5);
+}

@@ -172,25 +172,19 @@ pub struct Requests {
     pub counts: RequestCounts,
 }
 
-/// The local ports of kspan's own TCP sockets, read from /proc/self when needed.
+/// The local ports of kspan's own TCP sockets, read from /proc/self when a port is not known
+/// (once per connection asked about: only connections from this host to the exporter's port
+/// are).
 #[derive(Debug, Default)]
 struct SelfPorts {
     ports: std::collections::HashSet<u16>,
-    read_at: Option<std::time::Instant>,
 }
 
 impl SelfPorts {
     fn contains(&mut self, port: u16) -> bool {
-        if self.ports.contains(&port) {
-            return true;
-        }
-        // A miss may be a socket opened since the last look: look again, at most 10 times/s.
-        let stale = self
-            .read_at
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
-        if stale {
+        if !self.ports.contains(&port) {
+            // A socket opened since the last look, or not kspan's.
             self.ports = own_tcp_ports();
-            self.read_at = Some(std::time::Instant::now());
         }
         self.ports.contains(&port)
     }
@@ -868,5 +862,226 @@ fn known_method(m: &str) -> Cow<'static, str> {
     match KNOWN.iter().find(|k| **k == m) {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Borrowed("_OTHER"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::HTTP_FLAG_START;
+
+    #[test]
+    fn routes_replace_variable_segments() {
+        for (path, route) in [
+            ("/orders/42", "/orders/{id}"),
+            ("/orders/42/items/7", "/orders/{id}/items/{id}"),
+            ("/u/123e4567-e89b-12d3-a456-426614174000", "/u/{id}"),
+            ("/obj/5f9b2c3a1d4e6f7a8b9c0d1e", "/obj/{id}"),
+            ("/t/abcdefghij0123456789xyz", "/t/{id}"),
+            ("/static/app.css", "/static/app.css"),
+            ("/v1/traces", "/v1/traces"),
+            ("/", "/"),
+            ("", "/"),
+            ("/mail/***", "/mail/{id}"),
+        ] {
+            assert_eq!(infer_route(path), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn traceparent_parsing() {
+        let c = parse_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("vendor=abc,ot=th:8"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        );
+        assert_eq!(c.span_id(), SpanId::from_hex("00f067aa0ba902b7").unwrap());
+        assert!(c.is_remote() && c.is_sampled());
+        assert_eq!(c.trace_state().get("vendor"), Some("abc"));
+        // A later version may append fields; version 00 may not.
+        assert!(parse_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
+            None
+        )
+        .is_some());
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert!(parse_traceparent(bad, None).is_none(), "{bad}");
+        }
+    }
+
+    const A: &str = "127.0.0.1:5000";
+    const B: &str = "127.0.0.1:80";
+
+    fn tuple(local: &str, remote: &str) -> Option<Tuple> {
+        Some(Tuple::new(local.parse().unwrap(), remote.parse().unwrap()))
+    }
+
+    /// Feeds one transfer of `bytes` on socket `sk` by (pid, tid) over [start, end].
+    #[allow(clippy::too_many_arguments)]
+    fn io(
+        r: &mut Requests,
+        sk: u64,
+        t: Option<Tuple>,
+        pid: u32,
+        tid: u32,
+        write: bool,
+        start: u64,
+        end: u64,
+        bytes: &[u8],
+    ) -> Vec<Output> {
+        let mut flags = if write { HTTP_FLAG_WRITE } else { 0 };
+        if bytes.starts_with(b"GET") || bytes.starts_with(b"HTTP") {
+            flags |= HTTP_FLAG_START;
+        }
+        let h = EventHeader {
+            kind: 5,
+            flags,
+            pid,
+            tid,
+            start_ns: start,
+            duration_ns: end - start,
+            cgroup_id: 0,
+            comm: [0; agent_common::COMM_LEN],
+        };
+        let d = HttpData {
+            sk,
+            len: bytes.len() as u64,
+            captured: bytes.len() as u32,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        r.on_record(&h, &d, bytes, t, || None, &mut out);
+        out
+    }
+
+    const REQ: &[u8] = b"GET /orders/7?mail=jo@example.com HTTP/1.1\r\nHost: api:80\r\nUser-Agent: t\r\nAuthorization: Bearer x\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n";
+
+    fn spans(out: Vec<Output>) -> Vec<RequestSpan> {
+        out.into_iter()
+            .filter_map(|o| match o {
+                Output::Span(s) => Some(*s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn get<'a>(s: &'a RequestSpan, k: &str) -> Option<&'a opentelemetry::Value> {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| &kv.value)
+    }
+
+    /// Both ends of a connection on this host: the server span is the client span's child,
+    /// whichever end's record comes first; the client span is the trace's local root.
+    #[test]
+    fn both_ends_of_a_connection_link() {
+        for server_first in [false, true] {
+            let mut r = Requests::new(HttpOptions::default());
+            let (c, s) = (tuple(A, B), tuple(B, A));
+            let mut out = Vec::new();
+            if server_first {
+                out.extend(io(&mut r, 2, s, 20, 21, false, 110, 120, REQ));
+                out.extend(io(&mut r, 1, c, 10, 11, true, 100, 105, REQ));
+            } else {
+                out.extend(io(&mut r, 1, c, 10, 11, true, 100, 105, REQ));
+                out.extend(io(&mut r, 2, s, 20, 21, false, 110, 120, REQ));
+            }
+            // While B serves, its thread's calls are the request's children.
+            let serving = r.parent_of_thread(21, 130).expect("thread 21 serves");
+            assert_eq!(r.parent_of_thread(21, 115), None, "before the request");
+            assert_eq!(r.parent_of_thread(99, 130), None);
+            out.extend(io(&mut r, 2, s, 20, 21, true, 150, 160, RESP));
+            assert_eq!(r.parent_of_thread(21, 170), None, "answered");
+            out.extend(io(&mut r, 1, c, 10, 11, false, 100, 170, RESP));
+            let merges = out
+                .iter()
+                .filter(|o| matches!(o, Output::Merge { .. }))
+                .count();
+            assert_eq!(merges, usize::from(server_first));
+            let got = spans(out);
+            assert_eq!(got.len(), 2);
+            let (server, client) = (&got[0], &got[1]);
+            assert_eq!(server.kind, SpanKind::Server);
+            assert_eq!(server.ctx.span_id(), serving.span_id());
+            assert_eq!(client.kind, SpanKind::Client);
+            assert_eq!(
+                server.parent.as_ref().unwrap().span_id(),
+                client.ctx.span_id()
+            );
+            assert_eq!(server.ctx.trace_id(), client.ctx.trace_id());
+            assert!(!server.local_root && client.local_root);
+            assert!(client.parent.is_none());
+            // Times: the server from the end of its read to the end of its write; the
+            // client from the start of its write to the end of its read.
+            assert_eq!((server.start_ns, server.end_ns), (120, 160));
+            assert_eq!((client.start_ns, client.end_ns), (100, 170));
+            assert_eq!(server.name, "GET /orders/{id}");
+            // 503: an error on both sides.
+            assert!(matches!(server.status, Status::Error { .. }));
+            assert_eq!(
+                get(server, "url.query").map(|v| v.as_str().into_owned()),
+                Some("mail=***".into())
+            );
+            assert_eq!(
+                get(client, "url.full").map(|v| v.as_str().into_owned()),
+                Some("http://api/orders/7?mail=***".into())
+            );
+            let text = format!("{:?}", got);
+            assert!(!text.contains("Bearer") && !text.contains("jo@example"));
+            assert_eq!(r.counts.linked, 1);
+        }
+    }
+
+    /// A `traceparent` makes the server span the caller's child and the local root.
+    #[test]
+    fn incoming_traceparent_continues_the_trace() {
+        let mut r = Requests::new(HttpOptions::default());
+        let req = b"GET /x HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        let mut out = io(&mut r, 2, tuple(B, A), 20, 21, false, 110, 120, req);
+        assert!(matches!(out[0], Output::Begin(_)));
+        out.extend(io(&mut r, 2, tuple(B, A), 20, 21, true, 150, 160, RESP));
+        let s = &spans(out)[0];
+        assert!(s.local_root && s.parent_remote);
+        assert_eq!(
+            s.ctx.trace_id(),
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        );
+        assert_eq!(r.counts.continued, 1);
+    }
+
+    /// Ignored ports are not followed; a reused socket address starts a new connection.
+    #[test]
+    fn ignored_ports_and_reused_sockets() {
+        let mut r = Requests::new(HttpOptions {
+            ignore_ports: vec![80],
+            ..Default::default()
+        });
+        assert!(io(&mut r, 2, tuple(B, A), 20, 21, false, 1, 2, REQ).is_empty());
+        assert_eq!(r.counts.ignored, 1);
+        let mut r = Requests::new(HttpOptions::default());
+        io(&mut r, 2, tuple(B, A), 20, 21, false, 1, 2, REQ);
+        // Same socket address, other ends: the old request is given up, the new one served.
+        let other = tuple(B, "127.0.0.1:6000");
+        io(&mut r, 2, other, 20, 22, false, 3, 4, REQ);
+        let out = io(&mut r, 2, other, 20, 22, true, 5, 6, RESP);
+        let s = spans(out);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].start_ns, 4);
+        assert_eq!(r.counts.unanswered, 1);
+        assert_eq!(r.parent_of_thread(21, 10), None);
     }
 }

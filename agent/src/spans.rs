@@ -70,7 +70,7 @@ pub mod attr {
 }
 
 /// The ends of an HTTP record's socket, as the kernel read them.
-fn http_tuple(d: &agent_common::HttpData) -> Option<Tuple> {
+pub fn http_tuple(d: &agent_common::HttpData) -> Option<Tuple> {
     if d.family == 0 || (d.sport == 0 && d.dport == 0) {
         return None;
     }

@@ -228,3 +228,111 @@ impl Holder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use opentelemetry::trace::{SpanId, SpanKind, TraceFlags, TraceState};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+    use super::*;
+    use crate::procinfo::ProcResource;
+
+    fn span(trace: u128, id: u64, kind: SpanKind) -> Built {
+        Built {
+            resource: Arc::new(ProcResource {
+                id: 0,
+                pid: 1,
+                service_name: "s".into(),
+                resource: opentelemetry_sdk::Resource::builder_empty().build(),
+            }),
+            span: SpanData {
+                span_context: SpanContext::new(
+                    TraceId::from(trace),
+                    SpanId::from(id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                ),
+                parent_span_id: SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: kind,
+                name: "s".into(),
+                start_time: std::time::SystemTime::UNIX_EPOCH,
+                end_time: std::time::SystemTime::UNIX_EPOCH,
+                attributes: vec![],
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: opentelemetry::trace::Status::Unset,
+                instrumentation_scope: Default::default(),
+            },
+        }
+    }
+
+    fn ids(g: &Group) -> Vec<(u128, u64)> {
+        let spans = match g {
+            Group::One(b) => std::slice::from_ref(&**b),
+            Group::Trace { spans, .. } | Group::Late { spans, .. } => spans.as_slice(),
+        };
+        spans
+            .iter()
+            .map(|b| {
+                let c = &b.span.span_context;
+                (
+                    u128::from_be_bytes(c.trace_id().to_bytes()),
+                    u64::from_be_bytes(c.span_id().to_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_trace_is_held_until_its_root_and_merges_move_spans() {
+        let mut h = Holder::new(100, Duration::from_secs(30));
+        let mut out = Vec::new();
+        h.push(span(9, 1, SpanKind::Internal), &mut out);
+        assert_eq!(out.len(), 1, "not held: passed on alone");
+        out.clear();
+        h.begin(TraceId::from(1), 0);
+        h.begin(TraceId::from(2), 0); // provisional
+        h.push(span(1, 2, SpanKind::Internal), &mut out);
+        h.push(span(2, 3, SpanKind::Server), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(h.held_spans(), 2);
+        h.merge(TraceId::from(2), TraceId::from(1), 1, &mut out);
+        h.finish(span(1, 4, SpanKind::Client), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(ids(&out[0]), vec![(1, 2), (1, 3), (1, 4)]);
+        assert!(matches!(out[0], Group::Trace { root: 2, .. }));
+        assert_eq!(h.held_spans(), 0);
+        out.clear();
+        // A late span of a decided trace follows its decision.
+        h.push(span(1, 5, SpanKind::Internal), &mut out);
+        assert!(matches!(&out[0], Group::Late { trace, .. } if *trace == TraceId::from(1)));
+        assert_eq!(h.counts.traces_completed, 1);
+    }
+
+    #[test]
+    fn held_traces_are_released_by_age_and_by_room() {
+        let mut h = Holder::new(2, Duration::from_nanos(100));
+        let mut out = Vec::new();
+        h.begin(TraceId::from(1), 0);
+        h.push(span(1, 1, SpanKind::Server), &mut out);
+        h.begin(TraceId::from(2), 50);
+        h.push(span(2, 2, SpanKind::Server), &mut out);
+        h.expire(120, &mut out);
+        assert_eq!(out.len(), 1, "only the first is older than 100 ns");
+        assert_eq!(ids(&out[0]), vec![(1, 1)]);
+        h.push(span(2, 3, SpanKind::Internal), &mut out);
+        h.begin(TraceId::from(3), 60);
+        h.push(span(3, 4, SpanKind::Internal), &mut out);
+        assert_eq!(out.len(), 2, "over 2 spans held: the oldest trace goes");
+        assert_eq!(ids(&out[1]), vec![(2, 2), (2, 3)]);
+        h.drain(&mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(h.counts.released_early, 3);
+        assert_eq!(h.held_spans(), 0);
+    }
+}

@@ -62,18 +62,18 @@ pub fn workload(a: WorkloadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kspan_bin() -> String {
+pub(crate) fn kspan_bin() -> String {
     format!("{}/../target/release/kspan", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn venv_python() -> String {
+pub(crate) fn venv_python() -> String {
     let cache = std::env::var("KSPAN_CACHE")
         .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
     format!("{cache}/venv/bin/python")
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = &stat[stat.rfind(')').context("stat")? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -1,5 +1,7 @@
-//! Project tasks: `cargo xtask bench-overhead`, `cargo xtask bench-export`.
+//! Project tasks: `cargo xtask bench-overhead`, `cargo xtask bench-export`,
+//! `cargo xtask bench-http`.
 mod export;
+mod http;
 mod overhead;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,9 @@ enum Cmd {
     /// Spans exported per agent CPU-second and agent memory at steady syscall rates; prints
     /// a Markdown table.
     BenchExport(export::Args),
+    /// nginx + wrk requests/s with and without kspan's HTTP request spans, or (--userspace)
+    /// the userspace HTTP path's requests/s per core; prints a Markdown table.
+    BenchHttp(http::Args),
     /// (internal) The paced syscall workload bench-export traces.
     #[command(hide = true)]
     Workload(export::WorkloadArgs),
@@ -27,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::BenchOverhead(args) => overhead::run(args),
         Cmd::BenchExport(args) => export::run(args),
+        Cmd::BenchHttp(args) => http::run(args),
         Cmd::Workload(args) => export::workload(args),
     }
 }

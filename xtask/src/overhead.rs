@@ -254,6 +254,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ..base.clone()
             },
         ),
+        kspan(
+            "kspan events + HTTP capture (1024-byte prefix; what kspan run loads)",
+            CaptureConfig {
+                starts: StartsTable::Array,
+                http_prefix: 1024,
+                ..base.clone()
+            },
+        ),
     ];
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")

@@ -48,7 +48,8 @@ pub struct HistArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// Rows are processes or syscalls.
+    /// Rows are processes, syscalls, or HTTP routes (requests/s, errors, p50, p99 per
+    /// service and `{method} {route}`).
     #[arg(long, value_enum, default_value = "process")]
     pub by: TopBy,
     /// Refresh interval (e.g. 1s, 500ms).
@@ -70,6 +71,7 @@ pub struct TopArgs {
 pub enum TopBy {
     Process,
     Syscall,
+    Route,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +125,15 @@ pub fn run_hist(a: HistArgs) -> Result<(), HistError> {
 }
 
 pub fn run_top(a: TopArgs) -> Result<(), HistError> {
+    if a.by == TopBy::Route {
+        return super::routes::run(&a);
+    }
     let mode = pick_mode(a.json, a.plain);
     run(
         &a.filter,
         Opts {
             view: match a.by {
-                TopBy::Process => View::Process,
+                TopBy::Process | TopBy::Route => View::Process,
                 TopBy::Syscall => View::Syscall,
             },
             interval: a.interval,
@@ -246,7 +251,7 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
 }
 
 /// SIGINT/SIGTERM set a flag (the loop checks it every 20 ms).
-fn ctrlc_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+pub(super) fn ctrlc_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     use std::sync::{atomic::AtomicBool, Arc};
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [libc::SIGINT, libc::SIGTERM] {

@@ -1,6 +1,7 @@
 //! Command-line interface: argument types and one entry point per subcommand.
 pub mod events;
 pub mod hist;
+pub mod routes;
 pub mod run;
 pub mod sampling;
 
@@ -33,7 +34,7 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Live latency histograms from the kernel (per syscall, per process, TCP connect/accept).
     Hist(hist::HistArgs),
-    /// Processes or syscalls by total time, count, errors and p99, refreshed.
+    /// Processes, syscalls or HTTP routes by time, count, errors and p99, refreshed.
     Top(hist::TopArgs),
     /// Trace and export spans over OTLP (or as OTLP JSON lines on stdout).
     Run(run::RunArgs),
