@@ -212,7 +212,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let port = free_port()?;
     let _nginx = Nginx::start(port)?;
-    let setups: [(&str, Option<(&[&str], bool)>); 4] = [
+    /// kspan's extra arguments and whether it exports over OTLP; `None`: no tracing.
+    type Setup<'a> = Option<(&'a [&'a str], bool)>;
+    let setups: [(&str, Setup); 4] = [
         ("no tracing", None),
         (
             "kspan run --http off, exporter none",
