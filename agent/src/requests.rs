@@ -27,10 +27,10 @@
 //!
 //! Only a short allow-list of headers is ever read (Host, User-Agent, Content-Type,
 //! traceparent, tracestate); paths and queries pass through [`crate::redact`].
-use std::{
-    borrow::Cow,
-    collections::{HashMap, VecDeque},
-};
+use std::{borrow::Cow, collections::VecDeque};
+
+// Seeded per map (foldhash): fast, and not predictable by a peer choosing trace ids or ports.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use agent_common::{EventHeader, HttpData, HTTP_FLAG_CLOSE, HTTP_FLAG_WRITE};
 use opentelemetry::{
@@ -117,6 +117,27 @@ pub enum Output {
     },
 }
 
+/// What a request's start needs of it (not its other headers).
+struct Started {
+    seq: u64,
+    method: String,
+    target: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl Started {
+    fn of(r: &Request) -> Started {
+        Started {
+            seq: r.seq,
+            method: r.method.clone(),
+            target: r.target.clone(),
+            traceparent: r.traceparent.clone(),
+            tracestate: r.tracestate.clone(),
+        }
+    }
+}
+
 /// A request started and not yet answered.
 #[derive(Debug, Clone)]
 struct Open {
@@ -177,7 +198,7 @@ pub struct Requests {
 /// are).
 #[derive(Debug, Default)]
 struct SelfPorts {
-    ports: std::collections::HashSet<u16>,
+    ports: HashSet<u16>,
 }
 
 impl SelfPorts {
@@ -191,8 +212,8 @@ impl SelfPorts {
 }
 
 /// Local ports of this process's TCP sockets.
-fn own_tcp_ports() -> std::collections::HashSet<u16> {
-    let mut inodes = std::collections::HashSet::new();
+fn own_tcp_ports() -> HashSet<u16> {
+    let mut inodes = HashSet::new();
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         for e in dir.flatten() {
             if let Ok(l) = std::fs::read_link(e.path()) {
@@ -207,7 +228,7 @@ fn own_tcp_ports() -> std::collections::HashSet<u16> {
             }
         }
     }
-    let mut ports = std::collections::HashSet::new();
+    let mut ports = HashSet::new();
     for f in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(f) {
             for &i in &inodes {
@@ -313,12 +334,12 @@ impl Requests {
         };
         let before = conn.http.counts.requests;
         let done = conn.http.on_io(&io);
-        let started: Vec<Request> = conn
+        let started: Vec<Started> = conn
             .http
             .pending()
             .iter()
             .filter(|r| r.seq >= before)
-            .cloned()
+            .map(Started::of)
             .collect();
         let role = conn.http.role();
         for r in started {
@@ -372,7 +393,7 @@ impl Requests {
         sk: u64,
         tid: u32,
         io: &Io<'_>,
-        r: Request,
+        r: Started,
         out: &mut Vec<Output>,
     ) {
         let seq = r.seq;
@@ -421,10 +442,10 @@ impl Requests {
         sk: u64,
         tid: u32,
         io: &Io<'_>,
-        r: Request,
+        r: Started,
         out: &mut Vec<Output>,
     ) {
-        let Request {
+        let Started {
             seq,
             method,
             target,

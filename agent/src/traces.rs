@@ -8,7 +8,9 @@
 //! Bounds: at most `max_spans` spans are held; beyond it, and for traces whose root has not
 //! ended within `max_age`, the oldest trace is released as it is (counted as `released_early`)
 //! and decided on its first request span.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use opentelemetry::trace::{SpanContext, TraceId};
 
@@ -133,7 +135,7 @@ impl Holder {
             }
             None => Vec::new(),
         };
-        self.order.retain(|x| *x != t);
+        self.compact_order();
         spans.push(root);
         let root = spans.len() - 1;
         self.remember(t);
@@ -149,7 +151,7 @@ impl Holder {
         let Some(h) = self.held.remove(&from) else {
             return;
         };
-        self.order.retain(|x| *x != from);
+        self.compact_order();
         let mut spans = h.spans;
         for b in &mut spans {
             retrace(&mut b.span, to);
@@ -214,6 +216,15 @@ impl Holder {
                 });
                 return;
             }
+        }
+    }
+
+    /// Ids of traces no longer held stay in `order` until they reach its front, or until they
+    /// outnumber the held ones (then they are swept out at once: amortised O(1)).
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.held.len() + 1024 {
+            let held = &self.held;
+            self.order.retain(|t| held.contains_key(t));
         }
     }
 

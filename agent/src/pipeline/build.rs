@@ -5,10 +5,9 @@
 //! Input: the reader's channel (the reader blocks when this stage is behind). Output: the
 //! export queue, bounded in spans; a chunk that does not fit is cut and the newest spans are
 //! counted as `queue_full`.
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::VecDeque, sync::Arc};
+
+use foldhash::HashMap;
 
 use agent_common::EventKind;
 use opentelemetry::trace::{Status, TraceId};
@@ -164,10 +163,9 @@ fn send(
             Some(o) => {
                 let name = sampler
                     .as_ref()
-                    .map_or("none", |p| p.decider_name(o.decider))
-                    .to_string();
+                    .map_or("none", |p| p.decider_name(o.decider));
                 for mut b in spans {
-                    crate::sampling::annotate(&mut b.span, &o, &name);
+                    crate::sampling::annotate(&mut b.span, &o, name);
                     if o.priority {
                         important.push(b);
                     } else {
