@@ -1754,7 +1754,15 @@ struct Service {
 
 impl Service {
     fn start(port: u16, calls: &[String], slow_ms: u64) -> Service {
+        Service::start_named(port, calls, slow_ms, None)
+    }
+
+    /// With `OTEL_SERVICE_NAME` set (kspan reads it from the process's environment).
+    fn start_named(port: u16, calls: &[String], slow_ms: u64, name: Option<&str>) -> Service {
         let mut cmd = Command::new("python3");
+        if let Some(n) = name {
+            cmd.env("OTEL_SERVICE_NAME", n);
+        }
         cmd.arg(HTTP_SERVICE).arg("serve").arg(port.to_string());
         for c in calls {
             cmd.args(["--call", c]);
@@ -2253,4 +2261,148 @@ fn request_traces_are_sampled_whole() {
         let randomness = u64::from_str_radix(&t[18..], 16).unwrap();
         assert!(randomness >= threshold, "trace {t} kept by th:{th}");
     }
+}
+
+/// `kspan analyze` on what `kspan run` exported, and `kspan run --analyze`: a client calls
+/// frontend, frontend calls orders (which takes 300 ms), orders calls payments twice and
+/// payments fails (500). The report names orders as the bottleneck and payments' 500s.
+#[test]
+fn analyze_names_the_slow_service_and_the_failing_one() {
+    require_root();
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let _payments = Service::start_named(pc, &[], 0, Some("payments"));
+    let _orders = Service::start_named(
+        pb,
+        &[
+            format!("http://127.0.0.1:{pc}/fail/charge"),
+            format!("http://127.0.0.1:{pc}/fail/charge"),
+        ],
+        300,
+        Some("orders"),
+    );
+    let _frontend = Service::start_named(
+        pa,
+        &[format!("http://127.0.0.1:{pb}/orders/42")],
+        0,
+        Some("frontend"),
+    );
+    let client = |n: &str| {
+        let out = Command::new("python3")
+            .env("OTEL_SERVICE_NAME", "client")
+            .args([
+                HTTP_SERVICE,
+                "get",
+                &format!("http://127.0.0.1:{pa}/checkout"),
+                n,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let check =
+        |report: &Value, n: u64| {
+            let routes = report["routes"].as_array().unwrap();
+            let rt = routes
+                .iter()
+                .find(|r| r["service"] == "client" && r["route"] == "GET /checkout")
+                .unwrap_or_else(|| panic!("no client route in {report:#}"));
+            assert_eq!(rt["requests"], n, "{rt:#}");
+            assert_eq!(rt["bottleneck"], "orders", "{rt:#}");
+            let orders = rt["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["service"] == "orders")
+                .unwrap();
+            assert!(orders["share"].as_f64().unwrap() > 0.5, "{orders}");
+            assert!(orders["critical_p50_ns"].as_u64().unwrap() >= 300_000_000);
+            let fails: Vec<&Value> = rt["errors_by"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["service"] == "payments" && e["error_type"] == "500")
+                .collect();
+            assert_eq!(fails.len(), 1, "{rt:#}");
+            assert_eq!(fails[0]["count"], 2 * n);
+            assert_eq!(fails[0]["operation"], "GET /fail/charge");
+            let calls = rt["calls"].as_array().unwrap();
+            assert!(calls.iter().any(|c| c["from"] == "orders"
+                && c["to"] == "payments"
+                && c["per_request"] == 2.0));
+            let recs = report["recommendations"].as_array().unwrap();
+            assert!(recs.iter().any(|r| r["service"] == "orders"
+                && r["what"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("the bottleneck of GET /checkout")));
+            assert!(recs.iter().any(|r| r["service"] == "payments"
+                && r["what"] == "fails: GET /fail/charge answers 500"));
+            let slowest = &report["slowest"]["spans"];
+            assert!(slowest.as_array().unwrap().len() >= 7);
+        };
+
+    // 1. kspan run's OTLP JSON lines, then kspan analyze on the file.
+    let dir = tempdir("analyze");
+    let file = dir.join("spans.jsonl");
+    let mut cmd = Command::new(KSPAN);
+    cmd.args([
+        "run",
+        "--exporter",
+        "stdout",
+        "--sampling",
+        "off",
+        "--comm",
+        "python3",
+    ])
+    .args(["--batch-timeout", "100ms"]);
+    let mut run = KspanProc::start(cmd, "tracing (programs attached)");
+    client("3");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run.stop(libc::SIGTERM);
+    std::fs::write(&file, out).unwrap();
+    let out = Command::new(KSPAN)
+        .args(["analyze", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&report, 3);
+    // The terminal report says the same in words, with a waterfall.
+    let out = Command::new(KSPAN)
+        .arg("analyze")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("<- bottleneck") && text.contains("Slowest trace"),
+        "{text}"
+    );
+
+    // 2. kspan run --analyze: live, no collector.
+    let child = Command::new(KSPAN)
+        .args([
+            "run",
+            "--analyze",
+            "4s",
+            "--analyze-json",
+            "--sampling",
+            "off",
+        ])
+        .args(["--comm", "python3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    client("2");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&report, 2);
 }

@@ -5,6 +5,7 @@
 //! -> `sampling` -> `sink`, wired and run by `pipeline` (reader, build, queue, export), with
 //! `metrics` beside. `config` turns the YAML into a `RunPlan`; `cmd` holds the thin command
 //! entry points; `hist`, `event`, `check` serve the other commands.
+pub mod analyze;
 pub mod btf;
 pub mod capture;
 pub mod check;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use agent::{
     check,
-    cmd::{events, hist, run, sampling, Cli, Command},
+    cmd::{analyze, events, hist, run, sampling, Cli, Command},
 };
 use clap::Parser;
 
@@ -54,6 +54,9 @@ fn main() -> ExitCode {
         }
         Command::Hist(args) => report(hist::run_hist(args)),
         Command::Top(args) => report(hist::run_top(args)),
+        Command::Analyze(args) => {
+            report(analyze::run(&args).map(|text| println!("{}", text.trim_end())))
+        }
         Command::Sampling(cmd) => report(
             match &cmd {
                 sampling::SamplingCommand::Simulate(a) => sampling::simulate(a),

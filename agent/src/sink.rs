@@ -172,6 +172,26 @@ impl Sink for StdoutSink {
     fn shutdown(&mut self) {}
 }
 
+/// Spans go to `kspan run --analyze`'s report.
+pub struct AnalyzeSink(pub std::sync::Arc<std::sync::Mutex<crate::analyze::Store>>);
+
+impl Sink for AnalyzeSink {
+    fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
+        let service = resource
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .map(|v| v.as_str().into_owned())
+            .unwrap_or_else(|| "unknown_service".into());
+        if let Ok(mut store) = self.0.lock() {
+            for s in &spans {
+                store.add_span_data(&service, s);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn shutdown(&mut self) {}
+}
+
 /// Spans are built and counted, not sent (`--exporter none`).
 pub struct DiscardSink;
 

@@ -1,4 +1,5 @@
 //! Command-line interface: argument types and one entry point per subcommand.
+pub mod analyze;
 pub mod events;
 pub mod hist;
 pub mod routes;
@@ -38,6 +39,8 @@ pub enum Command {
     Top(hist::TopArgs),
     /// Trace and export spans over OTLP (or as OTLP JSON lines on stdout).
     Run(run::RunArgs),
+    /// Where the time of requests goes: a bottleneck report from OTLP/JSON traces.
+    Analyze(analyze::AnalyzeArgs),
     /// Try the samplers: simulate traffic, or explain a decision.
     #[command(subcommand)]
     Sampling(sampling::SamplingCommand),

@@ -99,6 +99,13 @@ pub struct RunArgs {
     /// this host): `on` (the default) or `off`; see the config's `http:` section.
     #[arg(long, value_enum)]
     pub http: Option<Switch>,
+    /// Collect for this long (e.g. 30s), then print a bottleneck report (as `kspan analyze`)
+    /// instead of exporting; no collector needed.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "duration")]
+    pub analyze: Option<Duration>,
+    /// With --analyze: the report as JSON.
+    #[arg(long, requires = "analyze")]
+    pub analyze_json: bool,
     /// Print the effective configuration (file + flags) as YAML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -165,6 +172,8 @@ pub enum RunError {
     Pipeline(#[from] pipeline::RunError),
     #[error("printing the configuration: {0}")]
     PrintConfig(String),
+    #[error("--analyze: {0}")]
+    Analyze(String),
 }
 
 /// The effective configuration: the file (or defaults), then flags.
@@ -285,11 +294,39 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         print!("{text}");
         return Ok(None);
     }
-    let summary = pipeline::run(plan, args.duration).await?;
+    let Some(window) = args.analyze else {
+        let summary = pipeline::run(plan, args.duration).await?;
+        eprintln!(
+            "kspan: summary {}",
+            serde_json::to_string(&summary).unwrap_or_default()
+        );
+        return Ok(Some(summary));
+    };
+    let store = std::sync::Arc::new(std::sync::Mutex::new(crate::analyze::Store::new()));
+    let sink = Box::new(crate::sink::AnalyzeSink(store.clone()));
+    let desc = format!(
+        "the report of --analyze, in {}",
+        crate::duration::format(window)
+    );
+    let summary = pipeline::run_with(plan, Some(window), Some((sink, desc))).await?;
     eprintln!(
         "kspan: summary {}",
         serde_json::to_string(&summary).unwrap_or_default()
     );
+    let report = crate::cmd::analyze::ReportArgs {
+        trace: None,
+        json: args.analyze_json,
+        slow_operation: Duration::from_secs(2),
+        slow_service: Duration::from_secs(1),
+        n_plus_one: 5,
+    };
+    let store = store
+        .lock()
+        .map_err(|_| RunError::Analyze("the span store was poisoned".into()))?;
+    let text = report
+        .report(&store)
+        .map_err(|e| RunError::Analyze(e.to_string()))?;
+    println!("{}", text.trim_end());
     Ok(Some(summary))
 }
 

@@ -98,6 +98,16 @@ fn url_port(url: &str) -> Option<u16> {
 
 /// Runs the agent until SIGINT/SIGTERM or `stop_after`, then flushes and returns the summary.
 pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSummary, RunError> {
+    run_with(plan, stop_after, None).await
+}
+
+/// [`run`], with spans going to `sink` (described as the second item) instead of the
+/// configured exporter.
+pub async fn run_with(
+    plan: RunPlan,
+    stop_after: Option<Duration>,
+    sink_override: Option<(Box<dyn sink::Sink>, String)>,
+) -> Result<RunSummary, RunError> {
     use tokio::signal::unix::{signal, SignalKind};
 
     let RunPlan {
@@ -118,7 +128,14 @@ pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSumma
         }
     }
     let stats = Arc::new(Stats::new());
-    let (sink, desc) = sink::build(&exporter)?;
+    let (sink, desc, endpoint) = match sink_override {
+        Some((s, d)) => (s, d, None),
+        None => {
+            let (s, d) = sink::build(&exporter)?;
+            let endpoint = d.endpoint.clone();
+            (s, d.to_string(), endpoint)
+        }
+    };
     let metrics_task = match &metrics_cfg.addr {
         Some(a) => {
             let (addr, task) = metrics::serve(a, stats.clone()).await?;
@@ -154,7 +171,7 @@ pub async fn run(plan: RunPlan, stop_after: Option<Duration>) -> Result<RunSumma
     .with_pods(pods);
     let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
     if let Some(mut opts) = http {
-        opts.exporter_port = desc.endpoint.as_deref().and_then(url_port);
+        opts.exporter_port = endpoint.as_deref().and_then(url_port);
         builder = builder.with_http(opts);
     }
     let build_task = tokio::spawn(build::run(
