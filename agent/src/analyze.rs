@@ -679,17 +679,18 @@ fn critical(
     }
 }
 
-pub fn analyze(store: &Store, opts: &Options) -> Report {
-    let mut spans: Vec<ASpan> = match opts.trace {
-        Some(t) => store
-            .spans
-            .iter()
-            .filter(|s| s.trace == t)
-            .copied()
-            .collect(),
-        None => store.spans.clone(),
+/// The report of the spans in `store` (sorted in place by trace: no copy of them is made).
+pub fn analyze(store: &mut Store, opts: &Options) -> Report {
+    store.spans.sort_unstable_by_key(|s| (s.trace, s.start));
+    let store = &*store;
+    let spans: &[ASpan] = match opts.trace {
+        Some(t) => {
+            let from = store.spans.partition_point(|s| s.trace < t);
+            let to = store.spans.partition_point(|s| s.trace <= t);
+            &store.spans[from..to]
+        }
+        None => &store.spans,
     };
-    spans.sort_unstable_by_key(|s| (s.trace, s.start));
     let mut routes: BTreeMap<(u32, u32), RouteAcc> = BTreeMap::new();
     let (mut traces, mut orphans, mut other_traces) = (0u64, 0u64, 0u64);
     let mut slowest: Option<(u64, Vec<ASpan>, Vec<usize>, usize)> = None;
@@ -1222,14 +1223,14 @@ mod tests {
     /// the longer one, and each span's self time excludes its children once.
     #[test]
     fn parallel_calls_follow_the_longer_one() {
-        let st = store(&[
+        let mut st = store(&[
             (1, 1, 0, "a", "GET /x", 2, 0, 100, ""),
             (1, 2, 1, "a", "GET /b", 3, 10, 40, ""),
             (1, 3, 2, "b", "GET /b", 2, 12, 38, ""),
             (1, 4, 1, "a", "GET /c", 3, 10, 90, ""),
             (1, 5, 4, "c", "GET /c", 2, 12, 88, ""),
         ]);
-        let r = analyze(&st, &Options::default());
+        let r = analyze(&mut st, &Options::default());
         let rt = &r.routes[0];
         assert_eq!((rt.service.as_str(), rt.route.as_str()), ("a", "GET /x"));
         // c: 76 ms of 100 on the path; b: none; a: the rest (24 ms).
@@ -1247,14 +1248,14 @@ mod tests {
     /// before its parent and ends after it (clock skew between processes) is clipped.
     #[test]
     fn overlap_and_clock_skew() {
-        let st = store(&[
+        let mut st = store(&[
             (2, 1, 0, "a", "GET /x", 2, 100, 200, ""),
             (2, 2, 1, "a", "q1", 3, 110, 150, ""),
             (2, 3, 1, "a", "q2", 3, 130, 170, ""),
             // Skewed: b's clock is 20 ms ahead.
             (2, 4, 3, "b", "q2", 2, 125, 190, ""),
         ]);
-        let r = analyze(&st, &Options::default());
+        let r = analyze(&mut st, &Options::default());
         let rt = &r.routes[0];
         let a = rt.services.iter().find(|s| s.service == "a").unwrap();
         // a: 200-100 minus the union 110..170 = 40, plus q1's own 40 (no children), plus
@@ -1299,8 +1300,8 @@ mod tests {
                 if i == 0 { "500" } else { "" },
             ));
         }
-        let st = store(&spans);
-        let r = analyze(&st, &Options::default());
+        let mut st = store(&spans);
+        let r = analyze(&mut st, &Options::default());
         assert_eq!(r.orphans, 1);
         assert_eq!(r.routes.len(), 1);
         let rt = &r.routes[0];
@@ -1322,7 +1323,7 @@ mod tests {
         );
         // --trace: only that trace.
         let none = analyze(
-            &st,
+            &mut st,
             &Options {
                 trace: Some(4),
                 ..Options::default()

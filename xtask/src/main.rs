@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask bench-overhead`, `cargo xtask bench-export`,
-//! `cargo xtask bench-http`.
+//! `cargo xtask bench-http`, `cargo xtask bench-analyze`.
+mod analyze;
 mod export;
 mod http;
 mod overhead;
@@ -23,6 +24,8 @@ enum Cmd {
     /// nginx + wrk requests/s with and without kspan's HTTP request spans, or (--userspace)
     /// the userspace HTTP path's requests/s per core; prints a Markdown table.
     BenchHttp(http::Args),
+    /// `kspan analyze` on a file of synthetic spans: time and peak memory.
+    BenchAnalyze(analyze::Args),
     /// (internal) The paced syscall workload bench-export traces.
     #[command(hide = true)]
     Workload(export::WorkloadArgs),
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchOverhead(args) => overhead::run(args),
         Cmd::BenchExport(args) => export::run(args),
         Cmd::BenchHttp(args) => http::run(args),
+        Cmd::BenchAnalyze(args) => analyze::run(args),
         Cmd::Workload(args) => export::workload(args),
     }
 }

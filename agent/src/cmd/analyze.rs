@@ -77,7 +77,7 @@ impl ReportArgs {
     }
 
     /// The report of what `store` holds, as text or JSON.
-    pub fn report(&self, store: &Store) -> Result<String, AnalyzeError> {
+    pub fn report(&self, store: &mut Store) -> Result<String, AnalyzeError> {
         let opts = self.options()?;
         if store.spans.is_empty() {
             return Err(AnalyzeError::Empty(store.bad_lines));
@@ -106,5 +106,5 @@ pub fn run(a: &AnalyzeArgs) -> Result<String, AnalyzeError> {
             source,
         })?;
     }
-    a.report.report(&store)
+    a.report.report(&mut store)
 }

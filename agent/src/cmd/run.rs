@@ -320,11 +320,11 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         slow_service: Duration::from_secs(1),
         n_plus_one: 5,
     };
-    let store = store
+    let mut store = store
         .lock()
         .map_err(|_| RunError::Analyze("the span store was poisoned".into()))?;
     let text = report
-        .report(&store)
+        .report(&mut store)
         .map_err(|e| RunError::Analyze(e.to_string()))?;
     println!("{}", text.trim_end());
     Ok(Some(summary))
