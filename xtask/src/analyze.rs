@@ -14,6 +14,7 @@ pub struct Args {
     spans: u64,
 }
 
+#[allow(clippy::too_many_arguments)] // one synthetic span, field by field
 fn span(
     trace: u64,
     id: u64,
