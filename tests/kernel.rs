@@ -526,3 +526,59 @@ fn programs_are_gone_after_exit_and_after_a_crash() {
         );
     }
 }
+
+/// `kspan events` shows HTTP transfers: the request read, the response written and the
+/// close, with the first line masked; the socket is the same for all three.
+#[test]
+fn http_transfers_are_events() {
+    require_root();
+    let port = free_port();
+    let service = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
+    let mut server = Command::new("python3")
+        .args([service, "serve", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = server.id().to_string();
+    let kspan = Kspan::start(&["--pid", &pid, "--no-syscalls", "--no-tcp"]);
+    let st = Command::new("python3")
+        .args([
+            service,
+            "get",
+            &format!("http://127.0.0.1:{port}/x?email=jo@example.com"),
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let (events, summary) = kspan.stop();
+    let _ = server.kill();
+    let _ = server.wait();
+    let http = events_of_kind(&events, "http");
+    let read = http
+        .iter()
+        .find(|e| e["http"]["dir"] == "read")
+        .unwrap_or_else(|| panic!("no read in {http:#?}"));
+    assert_eq!(read["http"]["first_line"], "GET /x?email=*** HTTP/1.1");
+    assert_eq!(read["http"]["message_start"], true);
+    assert_eq!(read["pid"].as_u64().unwrap().to_string(), pid);
+    let write = http
+        .iter()
+        .find(|e| e["http"]["dir"] == "write" && e["http"]["message_start"] == true)
+        .unwrap();
+    assert_eq!(write["http"]["first_line"], "HTTP/1.1 200 OK");
+    let close = http.iter().find(|e| e["http"]["dir"] == "close").unwrap();
+    for e in [write, close] {
+        assert_eq!(e["http"]["socket"], read["http"]["socket"]);
+    }
+    assert!(events_of_kind(&events, "syscall").is_empty());
+    assert_eq!(summary["lost_ringbuf_full"], 0, "{summary}");
+    assert_eq!(summary["undecodable"], 0, "{summary}");
+}

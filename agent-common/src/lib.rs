@@ -252,6 +252,8 @@ pub mod maps {
     pub const EXPECTED_ERRNOS: &str = "EXPECTED_ERRNOS";
     pub const HTTP_SOCKS: &str = "HTTP_SOCKS";
     pub const HTTP_SCRATCH: &str = "HTTP_SCRATCH";
+    pub const SELF_PORTS: &str = "SELF_PORTS";
+    pub const SELF_SOCKS: &str = "SELF_SOCKS";
     pub const ALL: &[&str] = &[
         EVENTS,
         COUNTERS,
@@ -269,6 +271,8 @@ pub mod maps {
         EXPECTED_ERRNOS,
         HTTP_SOCKS,
         HTTP_SCRATCH,
+        SELF_PORTS,
+        SELF_SOCKS,
     ];
 }
 

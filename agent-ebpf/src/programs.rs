@@ -213,6 +213,17 @@ static PENDING_ACCEPTS: LruHashMap<u64, TcpEvent> = LruHashMap::with_max_entries
 #[map]
 static HTTP_SOCKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Local ports of kspan's own TCP connections (its exports): an HTTP server on this host
+/// reading from one of them is serving kspan, and is not followed (its spans would describe
+/// kspan's exports, which would make more exports).
+#[map]
+static SELF_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// kspan's own connecting sockets: at SYN_SENT the local port is not chosen yet, so the port
+/// goes to SELF_PORTS when the connection is established.
+#[map]
+static SELF_SOCKS: LruHashMap<u64, u16> = LruHashMap::with_max_entries(1024, 0);
+
 /// Per-CPU room to build an HTTP record (too large for the stack) before it is copied to the
 /// ring buffer at its real length.
 #[map]
@@ -523,10 +534,13 @@ fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64
     let first: [u8; 8] = unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }.unwrap_or([0; 8]);
     let is_start = http_start(&first, moved);
     if is_start {
-        if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none()
-            && HTTP_SOCKS.insert(&start.sk, &1, 0).is_err()
-        {
-            count(Counter::HttpTableFull);
+        if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none() {
+            if serves_self(start.sk) {
+                return;
+            }
+            if HTTP_SOCKS.insert(&start.sk, &1, 0).is_err() {
+                count(Counter::HttpTableFull);
+            }
         }
     } else if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none() {
         return;
@@ -570,6 +584,23 @@ fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64
         ),
     };
     output_http(rec, n);
+}
+
+/// Whether socket `sk`'s peer is one of kspan's own connections on this host: its remote
+/// port is in SELF_PORTS and its remote address is its own or loopback (`sock_common`:
+/// daddr at 0, rcv_saddr at 4, dport at 12, family at 16).
+#[inline(always)]
+fn serves_self(sk: u64) -> bool {
+    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk as *const [u8; 18]) }) else {
+        return false;
+    };
+    let dport = u16::from_be_bytes([head[12], head[13]]);
+    if unsafe { SELF_PORTS.get(&dport) }.is_none() {
+        return false;
+    }
+    let family = u16::from_ne_bytes([head[16], head[17]]);
+    // IPv6 (10): the port alone (kspan's exports to a collector on this host over IPv6).
+    family == 10 || head[0] == 127 || head[0..4] == head[4..8]
 }
 
 /// Copies `n` (<= HTTP_PREFIX_MAX) bytes of user memory at `src` into `dst`.
@@ -883,7 +914,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
     match (old, new) {
         // connect(): process context, so the owner is the current task.
         (TCP_CLOSE, TCP_SYN_SENT) => {
-            if let Some(owner) = current_owner() {
+            if (bpf_get_current_pid_tgid() >> 32) as u32 == setting_u32(&SELF_TGID) {
+                if setting_u32(&HTTP_PREFIX) != 0 {
+                    let _ = SELF_SOCKS.insert(&skaddr, &0, 0);
+                }
+            } else if let Some(owner) = current_owner() {
                 let conn = Conn {
                     owner,
                     ts: now,
@@ -910,6 +945,12 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         // Handshake done (softirq: the current task is not the owner).
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            if let Some(p) = SELF_SOCKS.get_ptr_mut(&skaddr) {
+                let sport: u16 = unsafe { ctx.read_at(24) }?;
+                unsafe { *p = sport };
+                let _ = SELF_PORTS.insert(&sport, &1, 0);
+                return Ok(());
+            }
             let Some(c) = CONNS.get_ptr_mut(&skaddr) else {
                 return Ok(());
             };
@@ -1014,6 +1055,12 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         }
         (_, TCP_CLOSE) => {
             http_close(skaddr, now);
+            if let Some(sport) = unsafe { SELF_SOCKS.get(&skaddr) }.copied() {
+                let _ = SELF_SOCKS.remove(&skaddr);
+                if sport != 0 {
+                    let _ = SELF_PORTS.remove(&sport);
+                }
+            }
             let Some(conn) = (unsafe { CONNS.get(&skaddr) }).copied() else {
                 return Ok(());
             };

@@ -537,7 +537,6 @@ impl Config {
             Some(crate::requests::HttpOptions {
                 ignore_ports: h.ignore_ports.clone(),
                 redactor,
-                exporter_port: None,
             })
         } else {
             None
@@ -726,6 +725,47 @@ sampling:
         assert!(e.contains("unknown variant `udp`"), "{e}");
         let c = Config::parse("pipeline:\n  batch_size: 0\n").unwrap();
         assert!(c.build().is_err());
+    }
+
+    #[test]
+    fn http_section() {
+        // On by default, with the default redaction and a 1 KiB prefix.
+        let plan = Config::default().build().unwrap();
+        let opts = plan.http.expect("HTTP on by default");
+        assert_eq!(plan.capture.http_prefix, DEFAULT_HTTP_PREFIX_BYTES);
+        assert_eq!(opts.redactor.redact("to=a@b.com"), "to=***");
+        let c = Config::parse(
+            "http:\n  prefix_bytes: 256\n  ignore_ports: [9090]\n  redact: []\ncapture:\n  syscall_spans: false\n",
+        )
+        .unwrap();
+        let plan = c.build().unwrap();
+        assert_eq!(plan.capture.http_prefix, 256);
+        // HTTP rides on the syscall programs, which stay quiet.
+        assert_eq!(
+            plan.capture.syscall_hook,
+            crate::capture::SyscallHook::RawTracepoint
+        );
+        assert!(!plan.capture.emit_syscalls);
+        let opts = plan.http.unwrap();
+        assert_eq!(opts.ignore_ports, vec![9090]);
+        assert_eq!(opts.redactor.redact("to=a@b.com"), "to=a@b.com");
+        let off = Config::parse("http: {enabled: false}\n")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(off.http.is_none());
+        assert_eq!(off.capture.http_prefix, 0);
+        for (text, key) in [
+            ("http: {prefix_bytes: 8}\n", "http.prefix_bytes"),
+            ("http: {prefix_bytes: 5000}\n", "http.prefix_bytes"),
+            ("http: {redact: [{name: x, regex: '('}]}\n", "http.redact"),
+        ] {
+            match Config::parse(text).unwrap().build() {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {:?}", other.err()),
+            }
+        }
+        assert!(Config::parse("http: {colour: blue}\n").is_err());
     }
 
     #[test]

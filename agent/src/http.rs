@@ -1,5 +1,5 @@
 //! HTTP/1.x exchanges rebuilt from the syscalls that moved a connection's bytes (the first
-//! stage of request spans; not wired into the pipeline yet).
+//! stage of request spans; [`crate::requests`] makes the spans).
 //!
 //! The input is one [`Io`] per read or write on a socket: its direction, start and end times,
 //! the bytes the kernel captured (a bounded prefix of what moved) and how many bytes moved.

@@ -30,7 +30,7 @@
 use std::{borrow::Cow, collections::VecDeque};
 
 // Seeded per map (foldhash): fast, and not predictable by a peer choosing trace ids or ports.
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 
 use agent_common::{EventHeader, HttpData, HTTP_FLAG_CLOSE, HTTP_FLAG_WRITE};
 use opentelemetry::{
@@ -56,9 +56,6 @@ pub struct HttpOptions {
     /// Connections with this local or remote port are not followed.
     pub ignore_ports: Vec<u16>,
     pub redactor: Redactor,
-    /// The exporter's port on this host: connections kspan itself opened to it are not
-    /// followed (the collector's server spans would otherwise describe kspan's own exports).
-    pub exporter_port: Option<u16>,
 }
 
 /// What the request tracker counted.
@@ -79,7 +76,8 @@ pub struct RequestCounts {
     /// Responses without a request, and requests never answered.
     pub unmatched: u64,
     pub unanswered: u64,
-    /// Transfers on connections not followed (ignored ports, kspan's own exports).
+    /// Transfers on connections not followed (`http.ignore_ports`). (The kernel leaves out
+    /// servers reading kspan's own exports.)
     pub ignored: u64,
     /// Connections forgotten because the table was full.
     pub evicted: u64,
@@ -189,56 +187,7 @@ pub struct Requests {
     use_clock: u64,
     serving: HashMap<u32, Vec<Serving>>,
     sent: HashMap<Tuple, VecDeque<Sent>>,
-    self_ports: SelfPorts,
     pub counts: RequestCounts,
-}
-
-/// The local ports of kspan's own TCP sockets, read from /proc/self when a port is not known
-/// (once per connection asked about: only connections from this host to the exporter's port
-/// are).
-#[derive(Debug, Default)]
-struct SelfPorts {
-    ports: HashSet<u16>,
-}
-
-impl SelfPorts {
-    fn contains(&mut self, port: u16) -> bool {
-        if !self.ports.contains(&port) {
-            // A socket opened since the last look, or not kspan's.
-            self.ports = own_tcp_ports();
-        }
-        self.ports.contains(&port)
-    }
-}
-
-/// Local ports of this process's TCP sockets.
-fn own_tcp_ports() -> HashSet<u16> {
-    let mut inodes = HashSet::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        for e in dir.flatten() {
-            if let Ok(l) = std::fs::read_link(e.path()) {
-                if let Some(i) = l
-                    .to_str()
-                    .and_then(|s| s.strip_prefix("socket:["))
-                    .and_then(|s| s.strip_suffix(']'))
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
-                    inodes.insert(i);
-                }
-            }
-        }
-    }
-    let mut ports = HashSet::new();
-    for f in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(f) {
-            for &i in &inodes {
-                if let Some(t) = crate::conns::find_inode(&text, i) {
-                    ports.insert(t.local.port());
-                }
-            }
-        }
-    }
-    ports
 }
 
 fn flip(t: &Tuple) -> Tuple {
@@ -257,7 +206,6 @@ impl Requests {
             use_clock: 0,
             serving: HashMap::new(),
             sent: HashMap::new(),
-            self_ports: SelfPorts::default(),
             counts: RequestCounts::default(),
         }
     }
@@ -367,9 +315,6 @@ impl Requests {
             Some(t) => {
                 self.opts.ignore_ports.contains(&t.local.port())
                     || self.opts.ignore_ports.contains(&t.remote.port())
-                    || (Some(t.local.port()) == self.opts.exporter_port
-                        && is_this_host(t)
-                        && self.self_ports.contains(t.remote.port()))
             }
             None => false,
         };
@@ -630,11 +575,6 @@ impl Requests {
         self.counts.unmatched += now.unmatched - was.unmatched;
         self.counts.unanswered += now.unanswered - was.unanswered;
     }
-}
-
-/// Whether the remote end of a server connection is on this host.
-fn is_this_host(t: &Tuple) -> bool {
-    t.remote.ip().is_loopback() || t.remote.ip() == t.local.ip()
 }
 
 /// Parses a W3C `traceparent` (version 00 layout; later versions are read the same way, as

@@ -108,3 +108,38 @@ pub fn run(a: &AnalyzeArgs) -> Result<String, AnalyzeError> {
     }
     a.report.report(&mut store)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(files: &[&str], trace: Option<&str>) -> AnalyzeArgs {
+        AnalyzeArgs {
+            files: files.iter().map(|s| s.to_string()).collect(),
+            report: ReportArgs {
+                trace: trace.map(str::to_string),
+                json: true,
+                slow_operation: std::time::Duration::from_secs(2),
+                slow_service: std::time::Duration::from_secs(1),
+                n_plus_one: 5,
+            },
+        }
+    }
+
+    #[test]
+    fn bad_input_says_what_is_wrong() {
+        let e = run(&args(&["/nonexistent/spans.jsonl"], None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("reading /nonexistent/spans.jsonl"),
+            "{e}"
+        );
+        let e = run(&args(&["/dev/null"], Some("xyz"))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--trace \"xyz\" is not a trace id (32 hex digits)"
+        );
+        let e = run(&args(&["/dev/null"], None)).unwrap_err();
+        assert!(matches!(e, AnalyzeError::Empty(0)), "{e}");
+    }
+}

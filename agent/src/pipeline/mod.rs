@@ -44,20 +44,6 @@ pub const MAX_CHUNK: usize = 512;
 /// Chunks the reader may have in flight to the builder.
 pub const EVENT_QUEUE_CHUNKS: usize = 64;
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn endpoint_ports() {
-        assert_eq!(
-            super::url_port("http://localhost:4318/v1/traces"),
-            Some(4318)
-        );
-        assert_eq!(super::url_port("https://[::1]:4317"), Some(4317));
-        assert_eq!(super::url_port("https://collector"), Some(443));
-        assert_eq!(super::url_port("collector"), None);
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -80,20 +66,6 @@ pub struct RunSummary {
     #[serde(flatten)]
     pub totals: Totals,
     pub kernel: KernelCounters,
-}
-
-/// The port of an endpoint URL (explicit, or the scheme's default).
-fn url_port(url: &str) -> Option<u16> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let after_host = match authority.rfind(']') {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    };
-    match after_host.rsplit_once(':') {
-        Some((_, p)) => p.parse().ok(),
-        None => Some(if scheme == "https" { 443 } else { 80 }),
-    }
 }
 
 /// Runs the agent until SIGINT/SIGTERM or `stop_after`, then flushes and returns the summary.
@@ -128,12 +100,11 @@ pub async fn run_with(
         }
     }
     let stats = Arc::new(Stats::new());
-    let (sink, desc, endpoint) = match sink_override {
-        Some((s, d)) => (s, d, None),
+    let (sink, desc) = match sink_override {
+        Some((s, d)) => (s, d),
         None => {
             let (s, d) = sink::build(&exporter)?;
-            let endpoint = d.endpoint.clone();
-            (s, d.to_string(), endpoint)
+            (s, d.to_string())
         }
     };
     let metrics_task = match &metrics_cfg.addr {
@@ -170,8 +141,7 @@ pub async fn run_with(
     )
     .with_pods(pods);
     let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
-    if let Some(mut opts) = http {
-        opts.exporter_port = endpoint.as_deref().and_then(url_port);
+    if let Some(opts) = http {
         builder = builder.with_http(opts);
     }
     let build_task = tokio::spawn(build::run(
