@@ -12,7 +12,9 @@ use serde_json::Value;
 
 mod common;
 
-use common::{cgroup2_root, require_root, KspanProc, Trigger, KSPAN};
+use common::{
+    cgroup2_root, free_port, http_client, require_root, HttpService, KspanProc, Trigger, KSPAN,
+};
 
 /// A running `kspan hist --json ...` (cumulative), stopped with SIGTERM.
 struct Hist(KspanProc);
@@ -380,22 +382,8 @@ fn a_full_per_process_map_is_counted() {
 #[test]
 fn top_by_route_counts_requests_errors_and_latency() {
     require_root();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let service = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
-    let mut server = Command::new("python3")
-        .args([service, "serve", &port.to_string(), "--slow-ms", "20"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = free_port();
+    let _server = HttpService::start(port, &[], 20);
     let mut cmd = Command::new(KSPAN);
     cmd.args([
         "top",
@@ -409,17 +397,10 @@ fn top_by_route_counts_requests_errors_and_latency() {
     ]);
     let mut top = KspanProc::start(cmd, "following HTTP requests");
     for (path, n) in [("/orders/1", "10"), ("/orders/2", "10"), ("/fail", "5")] {
-        let st = Command::new("python3")
-            .args([service, "get", &format!("http://127.0.0.1:{port}{path}"), n])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        http_client(&["get", &format!("http://127.0.0.1:{port}{path}"), n]);
     }
     std::thread::sleep(Duration::from_millis(700));
     let out = top.stop(libc::SIGTERM);
-    let _ = server.kill();
-    let _ = server.wait();
     // Sum the intervals.
     let mut totals: std::collections::HashMap<(String, String), (u64, u64, u64)> =
         Default::default();

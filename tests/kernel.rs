@@ -11,7 +11,10 @@ use serde_json::Value;
 
 mod common;
 
-use common::{free_port, loaded_prog_ids, prog_ids_of, require_root, KspanProc, Trigger, KSPAN};
+use common::{
+    free_port, http_client, loaded_prog_ids, prog_ids_of, require_root, HttpService, KspanProc,
+    Trigger, KSPAN,
+};
 
 /// A running `kspan events`.
 struct Kspan(KspanProc);
@@ -533,34 +536,17 @@ fn programs_are_gone_after_exit_and_after_a_crash() {
 fn http_transfers_are_events() {
     require_root();
     let port = free_port();
-    let service = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
-    let mut server = Command::new("python3")
-        .args([service, "serve", &port.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = server.id().to_string();
+    let server = HttpService::start(port, &[], 0);
+    let pid = server.pid().to_string();
     let kspan = Kspan::start(&["--pid", &pid, "--no-syscalls", "--no-tcp"]);
-    let st = Command::new("python3")
-        .args([
-            service,
-            "get",
-            &format!("http://127.0.0.1:{port}/x?email=jo@example.com"),
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    http_client(&[
+        "get",
+        &format!("http://127.0.0.1:{port}/x?email=jo@example.com"),
+        "1",
+    ]);
     std::thread::sleep(Duration::from_millis(200));
     let (events, summary) = kspan.stop();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let http = events_of_kind(&events, "http");
     let read = http
         .iter()

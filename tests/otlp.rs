@@ -15,7 +15,10 @@ use serde_json::Value;
 
 mod common;
 
-use common::{cgroup2_root, free_port, require_root, tempdir, venv_bin, KspanProc, Trigger, KSPAN};
+use common::{
+    cgroup2_root, free_port, http_client, require_root, tempdir, venv_bin, wait_listening,
+    HttpService, KspanProc, Trigger, HTTP_SERVICE, KSPAN,
+};
 
 /// The Python OTLP receiver; collects every span it decodes.
 struct Receiver {
@@ -1250,17 +1253,6 @@ impl Drop for Nginx {
     }
 }
 
-fn wait_listening(port: u16) {
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "nothing listens on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `n` requests on `n` connections; each answer must be a 200.
 fn get_n(port: u16, n: usize) {
     for _ in 0..n {
@@ -1745,61 +1737,16 @@ fn default_run_during_a_cargo_build() {
 
 // ---- HTTP request spans ----
 
-const HTTP_SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
-
-/// A service of tests/http_service.py (ThreadingHTTPServer), killed on drop.
-struct Service {
-    child: Child,
-}
-
-impl Service {
-    fn start(port: u16, calls: &[String], slow_ms: u64) -> Service {
-        Service::start_named(port, calls, slow_ms, None)
+/// Spans grouped by trace id.
+fn by_trace(spans: &[Value]) -> HashMap<&str, Vec<&Value>> {
+    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for s in spans {
+        traces
+            .entry(s["trace_id"].as_str().unwrap())
+            .or_default()
+            .push(s);
     }
-
-    /// With `OTEL_SERVICE_NAME` set (kspan reads it from the process's environment).
-    fn start_named(port: u16, calls: &[String], slow_ms: u64, name: Option<&str>) -> Service {
-        let mut cmd = Command::new("python3");
-        if let Some(n) = name {
-            cmd.env("OTEL_SERVICE_NAME", n);
-        }
-        cmd.arg(HTTP_SERVICE).arg("serve").arg(port.to_string());
-        for c in calls {
-            cmd.args(["--call", c]);
-        }
-        if slow_ms > 0 {
-            cmd.args(["--slow-ms", &slow_ms.to_string()]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        wait_listening(port);
-        Service { child }
-    }
-
-    fn pid(&self) -> i64 {
-        i64::from(self.child.id())
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a client action of tests/http_service.py; its JSON line.
-fn http_client(args: &[&str]) -> Value {
-    let out = Command::new("python3")
-        .arg(HTTP_SERVICE)
-        .args(args)
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{args:?}: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("client JSON")
+    traces
 }
 
 fn attr<'a>(s: &'a Value, k: &str) -> &'a Value {
@@ -1855,8 +1802,8 @@ fn http_requests_become_server_and_client_spans() {
     let (ngx_port, py_port, slow_port) = (free_port(), free_port(), free_port());
     let nginx = Nginx::start(ngx_port);
     let ngx_pids = nginx.pids();
-    let py = Service::start(py_port, &[], 0);
-    let slow = Service::start(slow_port, &[], 60);
+    let py = HttpService::start(py_port, &[], 0);
+    let slow = HttpService::start(slow_port, &[], 60);
     let rx = Receiver::start(0, 0);
     let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
     // No process filter: the receiver's own HTTP server is traced too, and must not describe
@@ -2050,10 +1997,10 @@ fn http_requests_become_server_and_client_spans() {
 }
 
 /// Starts C, B (calls C twice) and A (calls B): three uninstrumented services.
-fn chain() -> (Service, Service, Service, u16) {
+fn chain() -> (HttpService, HttpService, HttpService, u16) {
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let c = Service::start(pc, &[], 0);
-    let b = Service::start(
+    let c = HttpService::start(pc, &[], 0);
+    let b = HttpService::start(
         pb,
         &[
             format!("http://127.0.0.1:{pc}/c1"),
@@ -2061,7 +2008,7 @@ fn chain() -> (Service, Service, Service, u16) {
         ],
         0,
     );
-    let a = Service::start(pa, &[format!("http://127.0.0.1:{pb}/orders/42")], 0);
+    let a = HttpService::start(pa, &[format!("http://127.0.0.1:{pb}/orders/42")], 0);
     (a, b, c, pa)
 }
 
@@ -2098,13 +2045,7 @@ fn a_chain_of_services_is_one_trace() {
     });
     let (summary, _) = run.stop();
     assert_eq!(dropped_total(&summary), 0, "{summary}");
-    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for s in &spans {
-        traces
-            .entry(s["trace_id"].as_str().unwrap())
-            .or_default()
-            .push(s);
-    }
+    let traces = by_trace(&spans);
     let with_requests: Vec<&str> = traces
         .iter()
         .filter(|(_, v)| v.iter().any(|s| !attr(s, "http.request.method").is_null()))
@@ -2228,13 +2169,7 @@ fn request_traces_are_sampled_whole() {
     let (summary, _) = run.stop();
     let spans = rx.spans();
     let sampled_out = summary["dropped"]["sampled_out"].as_u64().unwrap();
-    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for s in &spans {
-        traces
-            .entry(s["trace_id"].as_str().unwrap())
-            .or_default()
-            .push(s);
-    }
+    let traces = by_trace(&spans);
     assert!(
         !traces.is_empty() && traces.len() < N,
         "some traces kept, some dropped: {} kept: {:?} {summary}",
@@ -2274,8 +2209,8 @@ fn request_traces_are_sampled_whole() {
 fn analyze_names_the_slow_service_and_the_failing_one() {
     require_root();
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let _payments = Service::start_named(pc, &[], 0, Some("payments"));
-    let _orders = Service::start_named(
+    let _payments = HttpService::start_named(pc, &[], 0, Some("payments"));
+    let _orders = HttpService::start_named(
         pb,
         &[
             format!("http://127.0.0.1:{pc}/fail/charge"),
@@ -2284,7 +2219,7 @@ fn analyze_names_the_slow_service_and_the_failing_one() {
         300,
         Some("orders"),
     );
-    let _frontend = Service::start_named(
+    let _frontend = HttpService::start_named(
         pa,
         &[format!("http://127.0.0.1:{pb}/orders/42")],
         0,

@@ -755,14 +755,7 @@ fn describe(
                 a.push(KeyValue::new("server.port", i64::from(t.local.port())));
                 a.push(KeyValue::new("client.address", t.remote.ip().to_string()));
                 a.push(KeyValue::new("client.port", i64::from(t.remote.port())));
-                a.push(KeyValue::new(
-                    "network.peer.address",
-                    t.remote.ip().to_string(),
-                ));
-                a.push(KeyValue::new(
-                    "network.peer.port",
-                    i64::from(t.remote.port()),
-                ));
+                peer_attributes(&mut a, t);
             } else if let Some(h) = host_header {
                 a.push(KeyValue::new("server.address", h.to_string()));
             }
@@ -792,14 +785,7 @@ fn describe(
             a.push(KeyValue::new("server.address", host));
             if let Some(t) = tuple {
                 a.push(KeyValue::new("server.port", i64::from(t.remote.port())));
-                a.push(KeyValue::new(
-                    "network.peer.address",
-                    t.remote.ip().to_string(),
-                ));
-                a.push(KeyValue::new(
-                    "network.peer.port",
-                    i64::from(t.remote.port()),
-                ));
+                peer_attributes(&mut a, t);
             }
         }
     }
@@ -813,6 +799,17 @@ fn describe(
         Status::Unset
     };
     (name, a, status)
+}
+
+fn peer_attributes(a: &mut Vec<KeyValue>, t: &Tuple) {
+    a.push(KeyValue::new(
+        "network.peer.address",
+        t.remote.ip().to_string(),
+    ));
+    a.push(KeyValue::new(
+        "network.peer.port",
+        i64::from(t.remote.port()),
+    ));
 }
 
 /// The method as the semantic conventions name it: one of the known methods, else `_OTHER`.

@@ -212,27 +212,17 @@ impl<R: FdResolver> SpanBuilder<R> {
 
     fn request_span(&mut self, rs: RequestSpan) -> Built {
         let resource = self.procs.get(rs.pid, &rs.comm);
-        let start_time = self.clock.system_time(rs.start_ns);
-        let end_time = start_time + Duration::from_nanos(rs.end_ns - rs.start_ns);
-        let attributes = rs.attributes;
-        Built {
-            resource,
-            span: SpanData {
-                span_context: rs.ctx,
-                parent_span_id: rs.parent.as_ref().map_or(SpanId::INVALID, |p| p.span_id()),
-                parent_span_is_remote: rs.parent_remote,
-                span_kind: rs.kind,
-                name: Cow::Owned(rs.name),
-                start_time,
-                end_time,
-                attributes,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
-                status: rs.status,
-                instrumentation_scope: self.scope.clone(),
-            },
-        }
+        let mut span = self.span_data(
+            rs.ctx,
+            rs.parent.as_ref(),
+            rs.kind,
+            Cow::Owned(rs.name),
+            (rs.start_ns, rs.end_ns - rs.start_ns),
+            rs.attributes,
+            rs.status,
+        );
+        span.parent_span_is_remote = rs.parent_remote;
+        Built { resource, span }
     }
 
     /// The parent a thread's syscall or connect gets: the request it serves, if any.
@@ -258,11 +248,6 @@ impl<R: FdResolver> SpanBuilder<R> {
         )
     }
 
-    fn times(&self, h: &EventHeader) -> (std::time::SystemTime, std::time::SystemTime) {
-        let start = self.clock.system_time(h.start_ns);
-        (start, start + Duration::from_nanos(h.duration_ns))
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn span(
         &self,
@@ -273,15 +258,38 @@ impl<R: FdResolver> SpanBuilder<R> {
         attributes: Vec<KeyValue>,
         status: Status,
     ) -> SpanData {
-        let (start_time, end_time) = self.times(h);
+        self.span_data(
+            self.new_context(parent),
+            parent,
+            kind,
+            name,
+            (h.start_ns, h.duration_ns),
+            attributes,
+            status,
+        )
+    }
+
+    /// A span with context `ctx`; `at` is (start, duration), kernel monotonic ns.
+    #[allow(clippy::too_many_arguments)]
+    fn span_data(
+        &self,
+        ctx: SpanContext,
+        parent: Option<&SpanContext>,
+        kind: SpanKind,
+        name: Cow<'static, str>,
+        at: (u64, u64),
+        attributes: Vec<KeyValue>,
+        status: Status,
+    ) -> SpanData {
+        let start_time = self.clock.system_time(at.0);
         SpanData {
-            span_context: self.new_context(parent),
+            span_context: ctx,
             parent_span_id: parent.map_or(SpanId::INVALID, |p| p.span_id()),
             parent_span_is_remote: false,
             span_kind: kind,
             name,
             start_time,
-            end_time,
+            end_time: start_time + Duration::from_nanos(at.1),
             attributes,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),

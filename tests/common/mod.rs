@@ -232,10 +232,84 @@ impl Trigger {
 }
 
 /// A fresh directory for this test process under the system temp dir.
-#[allow(dead_code)]
 pub fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("kspan-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// Waits until something listens on 127.0.0.1:`port` (at most 10 s).
+pub fn wait_listening(port: u16) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The uninstrumented HTTP services and clients of the request-span tests.
+pub const HTTP_SERVICE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/http_service.py");
+
+/// A service of tests/http_service.py (ThreadingHTTPServer), killed on drop.
+pub struct HttpService {
+    child: Child,
+}
+
+impl HttpService {
+    pub fn start(port: u16, calls: &[String], slow_ms: u64) -> HttpService {
+        HttpService::start_named(port, calls, slow_ms, None)
+    }
+
+    /// With `OTEL_SERVICE_NAME` set (kspan reads it from the process's environment).
+    pub fn start_named(
+        port: u16,
+        calls: &[String],
+        slow_ms: u64,
+        name: Option<&str>,
+    ) -> HttpService {
+        let mut cmd = Command::new("python3");
+        if let Some(n) = name {
+            cmd.env("OTEL_SERVICE_NAME", n);
+        }
+        cmd.arg(HTTP_SERVICE).arg("serve").arg(port.to_string());
+        for c in calls {
+            cmd.args(["--call", c]);
+        }
+        if slow_ms > 0 {
+            cmd.args(["--slow-ms", &slow_ms.to_string()]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3");
+        wait_listening(port);
+        HttpService { child }
+    }
+
+    pub fn pid(&self) -> i64 {
+        i64::from(self.child.id())
+    }
+}
+
+impl Drop for HttpService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a client action of tests/http_service.py; its JSON line.
+pub fn http_client(args: &[&str]) -> Value {
+    let out = Command::new("python3")
+        .arg(HTTP_SERVICE)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("client JSON")
 }

@@ -66,7 +66,7 @@ pub(crate) fn kspan_bin() -> String {
     format!("{}/../target/release/kspan", env!("CARGO_MANIFEST_DIR"))
 }
 
-pub(crate) fn venv_python() -> String {
+fn venv_python() -> String {
     let cache = std::env::var("KSPAN_CACHE")
         .unwrap_or_else(|_| format!("{}/.cache/kspan", std::env::var("HOME").unwrap_or_default()));
     format!("{cache}/venv/bin/python")
@@ -104,7 +104,12 @@ struct Row {
     rss_kib: u64,
 }
 
-fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
+/// The counting OTLP receiver: the child, its stdout after the ready line, and that line.
+pub(crate) fn start_receiver() -> anyhow::Result<(
+    Child,
+    BufReader<std::process::ChildStdout>,
+    serde_json::Value,
+)> {
     let mut rx: Child = Command::new(venv_python())
         .arg(format!(
             "{}/../tests/otlp_receiver.py",
@@ -118,6 +123,12 @@ fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
     let mut line = String::new();
     rx_out.read_line(&mut line)?;
     let ready: serde_json::Value = serde_json::from_str(&line)?;
+    Ok((rx, rx_out, ready))
+}
+
+fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
+    let (mut rx, mut rx_out, ready) = start_receiver()?;
+    let mut line = String::new();
     let port = if protocol == "grpc" {
         ready["grpc_port"].as_u64()
     } else {

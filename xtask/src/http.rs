@@ -24,7 +24,7 @@ use agent::{
 use agent_common::{EventHeader, HttpData, HTTP_FLAG_START, HTTP_FLAG_WRITE};
 use anyhow::{bail, Context};
 
-use crate::export::{cpu_seconds, kspan_bin, venv_python};
+use crate::export::{cpu_seconds, kspan_bin, start_receiver};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -132,18 +132,7 @@ impl Agent {
         cmd.arg("run").args(["--metrics-addr", ""]).args(args);
         let mut rx = None;
         if otlp {
-            let mut r = Command::new(venv_python())
-                .arg(format!(
-                    "{}/../tests/otlp_receiver.py",
-                    env!("CARGO_MANIFEST_DIR")
-                ))
-                .arg("--count-only")
-                .stdout(Stdio::piped())
-                .spawn()
-                .context("the receiver (KSPAN_SETUP_TEST=1 scripts/setup makes its venv)")?;
-            let mut line = String::new();
-            BufReader::new(r.stdout.take().context("stdout")?).read_line(&mut line)?;
-            let ready: serde_json::Value = serde_json::from_str(&line)?;
+            let (r, _out, ready) = start_receiver()?;
             let port = ready["grpc_port"].as_u64().context("port")?;
             cmd.args([
                 "--protocol",
