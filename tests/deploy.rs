@@ -271,6 +271,8 @@ fn chart_renders_valid_objects_for_each_profile() {
                 "serviceMonitor.enabled=true",
                 "--set",
                 "metricsPort=9555",
+                "--set",
+                "config.http.ignore_ports[0]=10250",
             ],
         ),
     ];
@@ -340,6 +342,13 @@ fn chart_renders_valid_objects_for_each_profile() {
                 .unwrap()
                 .iter()
                 .any(|e| e["name"].as_str() == Some("OTEL_RESOURCE_ATTRIBUTES")));
+            // Request-span settings reach the agent.
+            let printed_cfg: serde_norway::Value = serde_norway::from_str(&printed).unwrap();
+            assert_eq!(
+                printed_cfg["http"]["ignore_ports"][0].as_u64(),
+                Some(10250),
+                "{printed}"
+            );
             // The endpoint comes from the Secret's variables: none in the config.
             assert!(printed.contains("addr: 0.0.0.0:9555"), "{printed}");
             assert!(!text.contains("otel-collector.observability"), "{text}");
