@@ -136,15 +136,15 @@ impl Started {
     }
 }
 
-/// A request started and not yet answered.
+/// A request started and not yet answered. A server request without a parent has a
+/// provisional trace id until its end (its caller's record may come later).
 #[derive(Debug, Clone)]
 struct Open {
     seq: u64,
     ctx: SpanContext,
     parent: Option<SpanContext>,
+    /// The parent is another process's span (traceparent).
     parent_remote: bool,
-    /// The server request got a provisional trace id (its caller was not known yet).
-    provisional: bool,
     start_ns: u64,
     tid: u32,
 }
@@ -346,12 +346,9 @@ impl Requests {
             .traceparent
             .as_deref()
             .and_then(|tp| parse_traceparent(tp, r.tracestate.as_deref()));
-        let (parent, parent_remote, provisional) = match remote {
-            Some(p) => (Some(p), true, false),
-            None => match self.claim_caller(sk, &r.method, &r.target) {
-                Some(c) => (Some(c), false, false),
-                None => (None, false, true),
-            },
+        let (parent, parent_remote) = match remote {
+            Some(p) => (Some(p), true),
+            None => (self.claim_caller(sk, &r.method, &r.target), false),
         };
         let ctx = match &parent {
             Some(p) => self.context(p.trace_id(), p.trace_state().clone()),
@@ -375,7 +372,6 @@ impl Requests {
                 ctx,
                 parent,
                 parent_remote,
-                provisional,
                 start_ns,
                 tid,
             });
@@ -426,7 +422,6 @@ impl Requests {
             ctx,
             parent,
             parent_remote: false,
-            provisional: false,
             start_ns: io.start_ns,
             tid,
         });
@@ -464,17 +459,13 @@ impl Requests {
             return;
         };
         let (pid, comm, tuple) = (conn.pid, conn.comm, conn.tuple);
-        let (start_ns, end_ns) = match ex.role {
-            Role::Server => (open.start_ns, ex.response.end_ns),
-            Role::Client => (open.start_ns, ex.response.end_ns),
-        };
-        let local_root;
         match ex.role {
             Role::Server => {
                 Self::stop_serving(&mut self.serving, open.tid, sk, open.seq);
                 self.counts.server_spans += 1;
-                if open.provisional {
-                    // The caller's record may have come after this request's start.
+                if open.parent.is_none() {
+                    // A provisional trace id: the caller's record may have come after this
+                    // request's start.
                     if let Some(c) = self.claim_caller(sk, &ex.request.method, &ex.request.target) {
                         out.push(Output::Merge {
                             from: open.ctx.trace_id(),
@@ -495,7 +486,6 @@ impl Requests {
                 } else if open.parent.is_some() {
                     self.counts.linked += 1;
                 }
-                local_root = open.parent.is_none() || open.parent_remote;
             }
             Role::Client => {
                 self.counts.client_spans += 1;
@@ -507,9 +497,11 @@ impl Requests {
                         }
                     }
                 }
-                local_root = open.parent.is_none();
             }
         }
+        // No parent on this host: the local root of its trace.
+        let local_root = open.parent.is_none() || open.parent_remote;
+        let (start_ns, end_ns) = (open.start_ns, ex.response.end_ns);
         let (name, attributes, status) =
             describe(&ex, tuple.as_ref(), open.tid, &self.opts.redactor);
         out.push(Output::Span(Box::new(RequestSpan {
