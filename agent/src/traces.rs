@@ -10,14 +10,54 @@
 //! and decided on its first request span.
 use std::collections::VecDeque;
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashMapExt};
 
 use opentelemetry::trace::{SpanContext, TraceId};
 
 use crate::spans::Built;
 
 /// Traces whose decision is remembered for late spans.
-const REMEMBERED: usize = 65_536;
+pub const REMEMBERED: usize = 65_536;
+
+/// The last `cap` traces recorded, each with a value; older ones are forgotten.
+pub struct Recent<V> {
+    map: HashMap<TraceId, V>,
+    order: VecDeque<TraceId>,
+    cap: usize,
+}
+
+impl<V> Recent<V> {
+    pub fn new(cap: usize) -> Recent<V> {
+        Recent {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Records `t` with `v` (a trace recorded before gets the new value, keeping its age).
+    pub fn insert(&mut self, t: TraceId, v: V) {
+        if let Some(old) = self.map.get_mut(&t) {
+            *old = v;
+            return;
+        }
+        self.map.insert(t, v);
+        self.order.push_back(t);
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, t: &TraceId) -> Option<&V> {
+        self.map.get(t)
+    }
+
+    pub fn contains(&self, t: &TraceId) -> bool {
+        self.map.contains_key(t)
+    }
+}
 
 /// Spans that go to the samplers together.
 #[derive(Debug)]
@@ -50,8 +90,7 @@ pub struct Holder {
     total: usize,
     max_spans: usize,
     max_age_ns: u64,
-    decided: HashSet<TraceId>,
-    decided_order: VecDeque<TraceId>,
+    decided: Recent<()>,
     pub counts: HoldCounts,
 }
 
@@ -75,8 +114,7 @@ impl Holder {
             total: 0,
             max_spans,
             max_age_ns: max_age.as_nanos() as u64,
-            decided: HashSet::new(),
-            decided_order: VecDeque::new(),
+            decided: Recent::new(REMEMBERED),
             counts: HoldCounts::default(),
         }
     }
@@ -229,14 +267,7 @@ impl Holder {
     }
 
     fn remember(&mut self, t: TraceId) {
-        if self.decided.insert(t) {
-            self.decided_order.push_back(t);
-            if self.decided_order.len() > REMEMBERED {
-                if let Some(old) = self.decided_order.pop_front() {
-                    self.decided.remove(&old);
-                }
-            }
-        }
+        self.decided.insert(t, ());
     }
 }
 

@@ -5,12 +5,10 @@
 //! Input: the reader's channel (the reader blocks when this stage is behind). Output: the
 //! export queue, bounded in spans; a chunk that does not fit is cut and the newest spans are
 //! counted as `queue_full`.
-use std::{collections::VecDeque, sync::Arc};
-
-use foldhash::HashMap;
+use std::sync::Arc;
 
 use agent_common::EventKind;
-use opentelemetry::trace::{Status, TraceId};
+use opentelemetry::trace::Status;
 use tokio::sync::mpsc;
 
 use super::{queue::QueueTx, MAX_CHUNK};
@@ -21,7 +19,7 @@ use crate::{
     metrics::{DropReason, Stats},
     sampling::{Outcome, Pipeline as Sampler},
     spans::{Built, SpanBuilder},
-    traces::Group,
+    traces::{Group, Recent, REMEMBERED},
 };
 
 /// How often the budget's spend is written to its state file (and once at exit).
@@ -41,7 +39,8 @@ pub async fn run(
             log::warn!("sampling.budget.state_file: {e}");
         }
     };
-    let mut decisions = Decisions::default();
+    // Decisions of whole traces, remembered for their late spans.
+    let mut decisions: Recent<Option<Outcome>> = Recent::new(REMEMBERED);
     let mut groups = Vec::new();
     loop {
         // Held traces are released by age even when no events come.
@@ -101,33 +100,11 @@ const KINDS: [EventKind; 5] = [
 /// How often held traces are checked for age when no events arrive.
 const EXPIRE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Decisions of whole traces, remembered for their late spans (bounded, oldest forgotten).
-#[derive(Default)]
-struct Decisions {
-    by_trace: HashMap<TraceId, Option<Outcome>>,
-    order: VecDeque<TraceId>,
-}
-
-const REMEMBERED_DECISIONS: usize = 65_536;
-
-impl Decisions {
-    fn remember(&mut self, t: TraceId, o: Option<Outcome>) {
-        if self.by_trace.insert(t, o).is_none() {
-            self.order.push_back(t);
-            if self.order.len() > REMEMBERED_DECISIONS {
-                if let Some(old) = self.order.pop_front() {
-                    self.by_trace.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 /// Samples the groups and sends the kept spans (important ones first) in chunks.
 fn send(
     groups: &mut Vec<Group>,
     sampler: &mut Option<Sampler>,
-    decisions: &mut Decisions,
+    decisions: &mut Recent<Option<Outcome>>,
     tx: &QueueTx<Built>,
     stats: &Stats,
 ) {
@@ -146,11 +123,11 @@ fn send(
             }
             Group::Trace { spans, root } => {
                 let o = sampler.as_mut().map(|p| trace_outcome(p, &spans, root));
-                decisions.remember(spans[root].span.span_context.trace_id(), o);
+                decisions.insert(spans[root].span.span_context.trace_id(), o);
                 (spans, o)
             }
             Group::Late { spans, trace } => {
-                let o = match decisions.by_trace.get(&trace) {
+                let o = match decisions.get(&trace) {
                     Some(o) => *o,
                     None => sampler.as_mut().map(|p| p.decide(&spans[0])),
                 };
