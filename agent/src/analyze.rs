@@ -108,45 +108,71 @@ impl Store {
                 .find(|kv| kv.key.as_str() == k)
                 .map(|kv| &kv.value)
         };
-        let text = |v: &Value| v.as_str().into_owned();
-        let error = matches!(s.status, opentelemetry::trace::Status::Error { .. });
-        let error_type = match attr("error.type") {
-            Some(v) if error => self.intern(&text(v)),
-            _ => 0,
-        };
-        let host = attr("server.address").or_else(|| attr("network.peer.address"));
-        let port = attr("server.port").or_else(|| attr("network.peer.port"));
-        let peer = match (host, port) {
-            (Some(h), Some(p)) => self.intern(&format!("{}:{}", text(h), text(p))),
-            (Some(h), None) => self.intern(&text(h)),
-            _ => 0,
-        };
-        let kind = match s.span_kind {
-            SpanKind::Internal => 1,
-            SpanKind::Server => 2,
-            SpanKind::Client => 3,
-            SpanKind::Producer => 4,
-            SpanKind::Consumer => 5,
+        let int = |v: &Value| match v {
+            Value::I64(i) => u64::try_from(*i).ok(),
+            other => other.as_str().parse().ok(),
         };
         let ns = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         };
-        let syscall = attr("kspan.syscall.nr").is_some();
-        let a = ASpan {
+        let service = self.intern(service);
+        self.push(Raw {
             trace: u128::from_be_bytes(s.span_context.trace_id().to_bytes()),
             id: u64::from_be_bytes(s.span_context.span_id().to_bytes()),
             parent: u64::from_be_bytes(s.parent_span_id.to_bytes()),
             start: ns(s.start_time),
             end: ns(s.end_time),
-            service: self.intern(service),
-            name: self.intern(&s.name),
-            kind,
-            error,
+            service,
+            name: &s.name,
+            kind: match s.span_kind {
+                SpanKind::Internal => 1,
+                SpanKind::Server => 2,
+                SpanKind::Client => 3,
+                SpanKind::Producer => 4,
+                SpanKind::Consumer => 5,
+            },
+            error: matches!(s.status, opentelemetry::trace::Status::Error { .. }),
+            error_type: attr("error.type").map(Value::as_str),
+            status_code: attr("http.response.status_code").and_then(int),
+            host: attr("server.address")
+                .or_else(|| attr("network.peer.address"))
+                .map(Value::as_str),
+            port: attr("server.port")
+                .or_else(|| attr("network.peer.port"))
+                .and_then(int),
+            syscall: attr("kspan.syscall.nr").is_some(),
+        });
+    }
+
+    /// Interns a span's strings and derives what the analysis reads of it, the same for both
+    /// inputs.
+    fn push(&mut self, r: Raw<'_>) {
+        // error.type, else the HTTP status code, on failed spans only.
+        let error_type = match (r.error, r.error_type, r.status_code) {
+            (true, Some(t), _) => self.intern(&t),
+            (true, None, Some(c)) => self.intern(&c.to_string()),
+            _ => 0,
+        };
+        let peer = match (r.host, r.port) {
+            (Some(h), Some(p)) => self.intern(&format!("{h}:{p}")),
+            (Some(h), None) => self.intern(&h),
+            _ => 0,
+        };
+        let a = ASpan {
+            trace: r.trace,
+            id: r.id,
+            parent: r.parent,
+            start: r.start,
+            end: r.end,
+            service: r.service,
+            name: self.intern(r.name),
+            kind: r.kind,
+            error: r.error,
             error_type,
             peer,
-            kernel: syscall || s.name == "tcp connect",
-            request: (2..=5).contains(&kind) && !syscall && !s.name.starts_with("tcp "),
+            kernel: r.syscall || r.name == "tcp connect",
+            request: (2..=5).contains(&r.kind) && !r.syscall && !r.name.starts_with("tcp "),
         };
         self.spans.push(a);
     }
@@ -162,21 +188,21 @@ impl Store {
             let service = self.intern(&service);
             for ss in rs.scope_spans {
                 for s in ss.spans {
-                    if let Some(a) = self.convert(service, &s) {
-                        self.spans.push(a);
-                    }
+                    self.add_json(service, &s);
                 }
             }
         }
     }
 
-    fn convert(&mut self, service: u32, s: &JSpan<'_>) -> Option<ASpan> {
-        let trace = u128::from_str_radix(&s.trace_id, 16).ok()?;
-        let id = u64::from_str_radix(&s.span_id, 16).ok()?;
-        let parent = if s.parent_span_id.is_empty() {
-            0
-        } else {
-            u64::from_str_radix(&s.parent_span_id, 16).unwrap_or(0)
+    /// Adds an OTLP/JSON span; one without valid ids or times is left out.
+    fn add_json(&mut self, service: u32, s: &JSpan<'_>) {
+        let (Ok(trace), Ok(id), Some(start), Some(end)) = (
+            u128::from_str_radix(&s.trace_id, 16),
+            u64::from_str_radix(&s.span_id, 16),
+            s.start.as_u64(),
+            s.end.as_u64(),
+        ) else {
+            return;
         };
         let attr = |k: &str| {
             s.attributes
@@ -184,58 +210,58 @@ impl Store {
                 .find(|kv| kv.key == k)
                 .map(|kv| &kv.value)
         };
-        let status_error = s.status.as_ref().is_some_and(|st| {
-            st.code.as_u64() == Some(2) || st.code.text().as_deref() == Some("STATUS_CODE_ERROR")
-        });
-        let code = attr("http.response.status_code").and_then(|v| v.int());
-        let error_type = attr("error.type")
-            .and_then(|v| v.text())
-            .map(|t| t.into_owned())
-            .or_else(|| status_error.then(|| code.map(|c| c.to_string())).flatten());
-        let error_type = match error_type {
-            Some(t) if status_error => self.intern(&t),
-            _ => 0,
-        };
-        let host = attr("server.address")
-            .or_else(|| attr("network.peer.address"))
-            .and_then(|v| v.text());
-        let port = attr("server.port")
-            .or_else(|| attr("network.peer.port"))
-            .and_then(|v| v.int());
-        let peer = match (host, port) {
-            (Some(h), Some(p)) => self.intern(&format!("{h}:{p}")),
-            (Some(h), None) => self.intern(&h),
-            _ => 0,
-        };
-        let kind = match &s.kind {
-            Num::N(n) => *n as u8,
-            Num::S(t) => match t.as_ref() {
-                "SPAN_KIND_INTERNAL" => 1,
-                "SPAN_KIND_SERVER" => 2,
-                "SPAN_KIND_CLIENT" => 3,
-                "SPAN_KIND_PRODUCER" => 4,
-                "SPAN_KIND_CONSUMER" => 5,
-                other => other.parse().unwrap_or(0),
-            },
-        };
-        Some(ASpan {
+        self.push(Raw {
             trace,
             id,
-            parent,
-            start: s.start.as_u64()?,
-            end: s.end.as_u64()?,
+            parent: u64::from_str_radix(&s.parent_span_id, 16).unwrap_or(0),
+            start,
+            end,
             service,
-            name: self.intern(&s.name),
-            kind,
-            error: status_error,
-            error_type,
-            peer,
-            kernel: attr("kspan.syscall.nr").is_some() || s.name == "tcp connect",
-            request: (2..=5).contains(&kind)
-                && attr("kspan.syscall.nr").is_none()
-                && !s.name.starts_with("tcp "),
-        })
+            name: &s.name,
+            kind: match &s.kind {
+                Num::N(n) => *n as u8,
+                Num::S(t) => match t.as_ref() {
+                    "SPAN_KIND_INTERNAL" => 1,
+                    "SPAN_KIND_SERVER" => 2,
+                    "SPAN_KIND_CLIENT" => 3,
+                    "SPAN_KIND_PRODUCER" => 4,
+                    "SPAN_KIND_CONSUMER" => 5,
+                    other => other.parse().unwrap_or(0),
+                },
+            },
+            error: s.status.as_ref().is_some_and(|st| {
+                st.code.as_u64() == Some(2)
+                    || st.code.text().as_deref() == Some("STATUS_CODE_ERROR")
+            }),
+            error_type: attr("error.type").and_then(JAny::text),
+            status_code: attr("http.response.status_code").and_then(JAny::int),
+            host: attr("server.address")
+                .or_else(|| attr("network.peer.address"))
+                .and_then(JAny::text),
+            port: attr("server.port")
+                .or_else(|| attr("network.peer.port"))
+                .and_then(JAny::int),
+            syscall: attr("kspan.syscall.nr").is_some(),
+        });
     }
+}
+
+/// A span as either input gives it, before [`Store::push`].
+struct Raw<'a> {
+    trace: u128,
+    id: u64,
+    parent: u64,
+    start: u64,
+    end: u64,
+    service: u32,
+    name: &'a str,
+    kind: u8,
+    error: bool,
+    error_type: Option<Cow<'a, str>>,
+    status_code: Option<u64>,
+    host: Option<Cow<'a, str>>,
+    port: Option<u64>,
+    syscall: bool,
 }
 
 // ---- OTLP/JSON, as much of it as the analysis reads ----
@@ -513,17 +539,10 @@ struct RouteAcc {
     timeouts: HashMap<(u32, u32), (u64, Vec<u32>)>,
 }
 
-fn pct(sorted: &[u64], q: f64) -> u64 {
+/// The nearest-rank `q` quantile of sorted values (the default of `T` for none).
+pub fn nearest_rank<T: Copy + Default>(sorted: &[T], q: f64) -> T {
     if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn pct_f(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
+        return T::default();
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -781,12 +800,12 @@ pub fn analyze(store: &mut Store, opts: &Options) -> Report {
                 selfs.sort_unstable();
                 ServiceShare {
                     service: store.name(*s).to_string(),
-                    critical_p50_ns: pct(v, 0.5),
-                    critical_p99_ns: pct(v, 0.99),
-                    share_p50: pct_f(&shares, 0.5),
-                    share_p99: pct_f(&shares, 0.99),
+                    critical_p50_ns: nearest_rank(v, 0.5),
+                    critical_p99_ns: nearest_rank(v, 0.99),
+                    share_p50: nearest_rank(&shares, 0.5),
+                    share_p99: nearest_rank(&shares, 0.99),
                     share: v.iter().sum::<u64>() as f64 / total.max(1) as f64,
-                    self_p50_ns: pct(&selfs, 0.5),
+                    self_p50_ns: nearest_rank(&selfs, 0.5),
                 }
             })
             .collect();
@@ -797,7 +816,7 @@ pub fn analyze(store: &mut Store, opts: &Options) -> Report {
             .map(|s| s.service.clone());
         let route_name = store.name(route).to_string();
         let service_name = store.name(svc).to_string();
-        let p99 = pct(&acc.durations, 0.99);
+        let p99 = nearest_rank(&acc.durations, 0.99);
         // With one service there is nothing to compare: no bottleneck to name.
         let bottleneck = bottleneck.filter(|_| services.len() > 1);
         if let Some(b) = services
@@ -812,7 +831,7 @@ pub fn analyze(store: &mut Store, opts: &Options) -> Report {
                 .map(|((_, o), v)| {
                     let mut v = v.clone();
                     v.sort_unstable();
-                    (pct(&v, 0.99), store.name(*o))
+                    (nearest_rank(&v, 0.99), store.name(*o))
                 })
                 .collect();
             ops.sort_by_key(|o| std::cmp::Reverse(o.0));
@@ -851,7 +870,7 @@ pub fn analyze(store: &mut Store, opts: &Options) -> Report {
             .map(|(k, v)| {
                 let mut v = v.clone();
                 v.sort_unstable();
-                (*k, pct(&v, 0.99))
+                (*k, nearest_rank(&v, 0.99))
             })
             .filter(|(_, p)| *p > opts.slow_operation_ns)
             .collect();
@@ -969,7 +988,7 @@ pub fn analyze(store: &mut Store, opts: &Options) -> Report {
             requests: n,
             errors: acc.errors,
             error_rate: acc.errors as f64 / n.max(1) as f64,
-            p50_ns: pct(&acc.durations, 0.5),
+            p50_ns: nearest_rank(&acc.durations, 0.5),
             p99_ns: p99,
             services,
             calls,

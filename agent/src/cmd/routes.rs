@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::hist::{HistError, TopArgs};
 use crate::{
+    analyze::nearest_rank,
     capture::{Capture, SyscallHook},
     config::DEFAULT_HTTP_PREFIX_BYTES,
     decode::{decode, RawEvent},
@@ -55,15 +56,6 @@ struct Acc {
     errors: u64,
 }
 
-fn quantile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    // Nearest rank.
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Rows from what one interval gathered, busiest first.
 fn rows(
     acc: BTreeMap<(String, &'static str, String), Acc>,
@@ -81,8 +73,8 @@ fn rows(
                 requests: a.durations.len() as u64,
                 per_second: a.durations.len() as f64 / secs.max(1e-9),
                 errors: a.errors,
-                p50_ns: quantile(&a.durations, 0.5),
-                p99_ns: quantile(&a.durations, 0.99),
+                p50_ns: nearest_rank(&a.durations, 0.5),
+                p99_ns: nearest_rank(&a.durations, 0.99),
                 max_ns: a.durations.last().copied().unwrap_or(0),
             }
         })
