@@ -24,7 +24,10 @@ use agent::{
 use agent_common::{EventHeader, HttpData, HTTP_FLAG_START, HTTP_FLAG_WRITE};
 use anyhow::{bail, Context};
 
-use crate::export::{cpu_seconds, kspan_bin, start_receiver};
+use crate::{
+    export::{cpu_seconds, kspan_bin, start_receiver},
+    overhead::{median, thread_cpu},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -176,19 +179,6 @@ impl Agent {
             let _ = r.wait();
         }
         summary.context("no summary")
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -375,14 +365,4 @@ fn userspace(n: u64) -> anyhow::Result<()> {
         bail!("expected {n} linked server spans, got {}", c.linked);
     }
     Ok(())
-}
-
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id and pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

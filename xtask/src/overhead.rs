@@ -47,7 +47,7 @@ fn dd(count: u64) -> anyhow::Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
@@ -60,7 +60,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn thread_cpu() -> Duration {
+pub(crate) fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
