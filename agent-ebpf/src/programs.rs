@@ -533,17 +533,18 @@ fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64
     let moved = if room < ret { room } else { ret };
     let first: [u8; 8] = unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }.unwrap_or([0; 8]);
     let is_start = http_start(&first, moved);
-    if is_start {
-        if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none() {
-            if serves_self(start.sk) {
-                return;
-            }
-            if HTTP_SOCKS.insert(&start.sk, &1, 0).is_err() {
-                count(Counter::HttpTableFull);
-            }
-        }
-    } else if unsafe { HTTP_SOCKS.get(&start.sk) }.is_none() {
+    let followed = unsafe { HTTP_SOCKS.get(&start.sk) }.is_some();
+    if !is_start && !followed {
         return;
+    }
+    let head = sock_head(start.sk);
+    if !followed {
+        if head.as_ref().is_some_and(serves_self) {
+            return;
+        }
+        if HTTP_SOCKS.insert(&start.sk, &1, 0).is_err() {
+            count(Counter::HttpTableFull);
+        }
     }
     let Some(rec) = HTTP_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -577,6 +578,7 @@ fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64
         },
         data: http_data(
             start.sk,
+            head.as_ref(),
             syscall_arg(regs, 0, start.arg0),
             ret as u64,
             nr,
@@ -586,14 +588,18 @@ fn http_transfer(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64
     output_http(rec, n);
 }
 
-/// Whether socket `sk`'s peer is one of kspan's own connections on this host: its remote
-/// port is in SELF_PORTS and its remote address is its own or loopback (`sock_common`:
-/// daddr at 0, rcv_saddr at 4, dport at 12, family at 16).
+/// The first bytes of a socket's `struct sock_common`: daddr at 0, rcv_saddr at 4, dport
+/// (network order) at 12, num (the local port) at 14, family at 16.
 #[inline(always)]
-fn serves_self(sk: u64) -> bool {
-    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk as *const [u8; 18]) }) else {
-        return false;
-    };
+fn sock_head(sk: u64) -> Option<[u8; 18]> {
+    unsafe { bpf_probe_read_kernel(sk as *const [u8; 18]) }.ok()
+}
+
+/// Whether the socket with this `sock_head` has one of kspan's own connections on this
+/// host for peer: its remote port is in SELF_PORTS and its remote address is its own or
+/// loopback.
+#[inline(always)]
+fn serves_self(head: &[u8; 18]) -> bool {
     let dport = u16::from_be_bytes([head[12], head[13]]);
     if unsafe { SELF_PORTS.get(&dport) }.is_none() {
         return false;
@@ -657,16 +663,22 @@ fn http_close(skaddr: u64, now: u64) {
             cgroup_id: 0,
             comm: [0; COMM_LEN],
         },
-        data: http_data(skaddr, 0, 0, 0, 0),
+        data: http_data(skaddr, sock_head(skaddr).as_ref(), 0, 0, 0, 0),
     };
     output_http(rec, 0);
 }
 
-/// An HTTP record's payload, with the socket's ends read from `struct sock_common`: daddr at
-/// 0, rcv_saddr at 4, dport (network order) at 12, num (the local port) at 14, family at 16;
-/// the IPv6 addresses at the offsets BTF gave.
+/// An HTTP record's payload, with the socket's ends from its `sock_head` (unknown without
+/// one) and, for IPv6, the addresses at the offsets BTF gave.
 #[inline(always)]
-fn http_data(sk: u64, fd: u64, len: u64, nr: u32, captured: u32) -> HttpData {
+fn http_data(
+    sk: u64,
+    head: Option<&[u8; 18]>,
+    fd: u64,
+    len: u64,
+    nr: u32,
+    captured: u32,
+) -> HttpData {
     let mut d = HttpData {
         sk,
         fd,
@@ -680,7 +692,7 @@ fn http_data(sk: u64, fd: u64, len: u64, nr: u32, captured: u32) -> HttpData {
         saddr: [0; 16],
         daddr: [0; 16],
     };
-    let Ok(head) = (unsafe { bpf_probe_read_kernel(sk as *const [u8; 18]) }) else {
+    let Some(head) = head else {
         return d;
     };
     let family = u16::from_ne_bytes([head[16], head[17]]);
