@@ -5,7 +5,7 @@ use std::{io::Write, process::Command, time::Instant};
 
 use anyhow::{bail, Context};
 
-use crate::export::kspan_bin;
+use crate::export::{kspan_bin, require_kspan_bin};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -49,6 +49,7 @@ fn resource(service: &str, spans: &[String]) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    require_kspan_bin()?;
     let traces = a.spans / 10;
     let path =
         std::env::temp_dir().join(format!("kspan-bench-analyze-{}.jsonl", std::process::id()));

@@ -229,10 +229,16 @@ fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
     })
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+/// Fails with what to do when the release kspan binary the benchmarks run is not built.
+pub(crate) fn require_kspan_bin() -> anyhow::Result<()> {
     if !std::path::Path::new(&kspan_bin()).exists() {
         bail!("build kspan first: cargo build --release -p agent");
     }
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    require_kspan_bin()?;
     println!(
         "| workload rate (syscalls/s) | protocol | spans made | exported | received | dropped | agent CPU s | agent CPU % of one core (over the load) | spans/s per agent core | RSS at load (MiB) | peak RSS (MiB) |"
     );

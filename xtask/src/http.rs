@@ -25,7 +25,7 @@ use agent_common::{EventHeader, HttpData, HTTP_FLAG_START, HTTP_FLAG_WRITE};
 use anyhow::{bail, Context};
 
 use crate::{
-    export::{cpu_seconds, kspan_bin, start_receiver},
+    export::{cpu_seconds, kspan_bin, require_kspan_bin, start_receiver},
     overhead::{median, thread_cpu},
 };
 
@@ -189,6 +189,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench-http loads eBPF programs: run it as root");
     }
+    require_kspan_bin()?;
     let port = free_port()?;
     let _nginx = Nginx::start(port)?;
     /// kspan's extra arguments and whether it exports over OTLP; `None`: no tracing.
