@@ -422,20 +422,48 @@ enum Parsed {
     NotHttp,
 }
 
-fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .map(str::trim)
+/// The only headers kspan reads (the first of each name), found in one pass over the head.
+#[derive(Default)]
+struct Known<'a> {
+    host: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    content_type: Option<&'a str>,
+    traceparent: Option<&'a str>,
+    tracestate: Option<&'a str>,
+    content_length: Option<&'a str>,
+    transfer_encoding: Option<&'a str>,
 }
 
-fn body_len(headers: &[httparse::Header<'_>]) -> BodyLen {
-    let chunked = header(headers, "transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    BodyLen {
-        length: header(headers, "content-length").and_then(|v| v.parse().ok()),
-        chunked,
+impl<'a> Known<'a> {
+    fn of(headers: &[httparse::Header<'a>]) -> Known<'a> {
+        let mut k = Known::default();
+        for h in headers {
+            let slot = match h.name.len() {
+                4 if h.name.eq_ignore_ascii_case("host") => &mut k.host,
+                10 if h.name.eq_ignore_ascii_case("user-agent") => &mut k.user_agent,
+                10 if h.name.eq_ignore_ascii_case("tracestate") => &mut k.tracestate,
+                11 if h.name.eq_ignore_ascii_case("traceparent") => &mut k.traceparent,
+                12 if h.name.eq_ignore_ascii_case("content-type") => &mut k.content_type,
+                14 if h.name.eq_ignore_ascii_case("content-length") => &mut k.content_length,
+                17 if h.name.eq_ignore_ascii_case("transfer-encoding") => &mut k.transfer_encoding,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = std::str::from_utf8(h.value).ok().map(str::trim);
+            }
+        }
+        k
+    }
+
+    fn body_len(&self) -> BodyLen {
+        let chunked = self.transfer_encoding.is_some_and(|v| {
+            v.split(',')
+                .any(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
+        BodyLen {
+            length: self.content_length.and_then(|v| v.parse().ok()),
+            chunked,
+        }
     }
 }
 
@@ -445,17 +473,18 @@ fn parse_head(buf: &[u8], start_ns: u64, end_ns: u64) -> Parsed {
         let mut req = httparse::Request::new(&mut headers);
         return match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => {
-                let body = body_len(req.headers);
-                let owned = |name: &str| header(req.headers, name).map(str::to_string);
+                let known = Known::of(req.headers);
+                let body = known.body_len();
+                let owned = |v: Option<&str>| v.map(str::to_string);
                 let r = Request {
                     method: req.method.unwrap_or_default().to_string(),
                     target: req.path.unwrap_or_default().to_string(),
                     version: req.version.unwrap_or(1),
-                    host: owned("host"),
-                    user_agent: owned("user-agent"),
-                    content_type: owned("content-type"),
-                    traceparent: owned("traceparent"),
-                    tracestate: owned("tracestate"),
+                    host: owned(known.host),
+                    user_agent: owned(known.user_agent),
+                    content_type: owned(known.content_type),
+                    traceparent: owned(known.traceparent),
+                    tracestate: owned(known.tracestate),
                     start_ns,
                     end_ns,
                     seq: 0,
@@ -475,7 +504,7 @@ fn parse_head(buf: &[u8], start_ns: u64, end_ns: u64) -> Parsed {
         let mut resp = httparse::Response::new(&mut headers);
         return match resp.parse(buf) {
             Ok(httparse::Status::Complete(n)) => {
-                let mut body = body_len(resp.headers);
+                let mut body = Known::of(resp.headers).body_len();
                 let status = resp.code.unwrap_or(0);
                 // 1xx, 204 and 304 have no body.
                 if status < 200 || status == 204 || status == 304 {
@@ -651,6 +680,39 @@ mod tests {
         assert!(d.is_empty());
         let d = c.on_io(&io(Dir::Write, 9, b"0\r\n\r\n"));
         assert_eq!(d[0].response.end_ns, 14);
+    }
+
+    #[test]
+    fn known_headers_in_any_case_first_one_wins() {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(b"POST / HTTP/1.1\r\nHOST:  a \r\nhost: b\r\nuser-AGENT: ua\r\nTraceParent: tp\r\nTRACESTATE: ts\r\nContent-type: text/plain\r\nX-Other: 1\r\ncontent-length: 12\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n")
+            .unwrap();
+        let k = Known::of(req.headers);
+        assert_eq!(
+            (
+                k.host,
+                k.user_agent,
+                k.traceparent,
+                k.tracestate,
+                k.content_type
+            ),
+            (
+                Some("a"),
+                Some("ua"),
+                Some("tp"),
+                Some("ts"),
+                Some("text/plain")
+            )
+        );
+        let body = k.body_len();
+        assert_eq!((body.length, body.chunked), (Some(12), true));
+        // "chunked" only as a coding of its own.
+        let k = Known {
+            transfer_encoding: Some("x-notchunked"),
+            ..Known::default()
+        };
+        assert!(!k.body_len().chunked);
     }
 
     #[test]

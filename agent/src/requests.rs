@@ -27,7 +27,7 @@
 //!
 //! Only a short allow-list of headers is ever read (Host, User-Agent, Content-Type,
 //! traceparent, tracestate); paths and queries pass through [`crate::redact`].
-use std::{borrow::Cow, collections::VecDeque};
+use std::{borrow::Cow, collections::VecDeque, hash::BuildHasher, sync::Arc};
 
 // Seeded per map (foldhash): fast, and not predictable by a peer choosing trace ids or ports.
 use foldhash::{HashMap, HashMapExt};
@@ -41,7 +41,7 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 
 use crate::{
     conns::Tuple,
-    http::{Dir, Exchange, HttpConn, Io, Request, Role},
+    http::{Dir, Exchange, HttpConn, Io, Role},
     redact::Redactor,
 };
 
@@ -118,22 +118,10 @@ pub enum Output {
 /// What a request's start needs of it (not its other headers).
 struct Started {
     seq: u64,
-    method: String,
-    target: String,
+    /// `Requests::request_key` of its method and target.
+    key: u64,
     traceparent: Option<String>,
     tracestate: Option<String>,
-}
-
-impl Started {
-    fn of(r: &Request) -> Started {
-        Started {
-            seq: r.seq,
-            method: r.method.clone(),
-            target: r.target.clone(),
-            traceparent: r.traceparent.clone(),
-            tracestate: r.tracestate.clone(),
-        }
-    }
 }
 
 /// A request started and not yet answered. A server request without a parent has a
@@ -149,12 +137,32 @@ struct Open {
     tid: u32,
 }
 
+/// A connection's two ends as its spans show them: made once per connection and shared by
+/// the spans of all its requests.
+#[derive(Debug, Clone)]
+struct Ends {
+    tuple: Tuple,
+    local_ip: Arc<str>,
+    remote_ip: Arc<str>,
+}
+
+impl Ends {
+    fn of(tuple: Tuple) -> Ends {
+        Ends {
+            tuple,
+            local_ip: tuple.local.ip().to_string().into(),
+            remote_ip: tuple.remote.ip().to_string().into(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     http: HttpConn,
     pid: u32,
     comm: [u8; agent_common::COMM_LEN],
     tuple: Option<Tuple>,
+    ends: Option<Ends>,
     ignored: bool,
     open: VecDeque<Open>,
     last_used: u64,
@@ -165,8 +173,9 @@ struct Conn {
 #[derive(Debug, Clone)]
 struct Sent {
     seq: u64,
-    method: String,
-    target: String,
+    /// `Requests::request_key` of its method and target: the server end matches on it
+    /// without a copy of either string per request.
+    key: u64,
     ctx: SpanContext,
     claimed: bool,
 }
@@ -187,6 +196,8 @@ pub struct Requests {
     use_clock: u64,
     serving: HashMap<u32, Vec<Serving>>,
     sent: HashMap<Tuple, VecDeque<Sent>>,
+    /// Seeded per instance: a peer cannot choose two requests with the same key.
+    keys: foldhash::fast::RandomState,
     pub counts: RequestCounts,
 }
 
@@ -206,6 +217,7 @@ impl Requests {
             use_clock: 0,
             serving: HashMap::new(),
             sent: HashMap::new(),
+            keys: Default::default(),
             counts: RequestCounts::default(),
         }
     }
@@ -282,12 +294,18 @@ impl Requests {
         };
         let before = conn.http.counts.requests;
         let done = conn.http.on_io(&io);
+        let keys = &self.keys;
         let started: Vec<Started> = conn
             .http
             .pending()
             .iter()
             .filter(|r| r.seq >= before)
-            .map(Started::of)
+            .map(|r| Started {
+                seq: r.seq,
+                key: keys.hash_one((&r.method, &r.target)),
+                traceparent: r.traceparent.clone(),
+                tracestate: r.tracestate.clone(),
+            })
             .collect();
         let role = conn.http.role();
         for r in started {
@@ -325,6 +343,7 @@ impl Requests {
                 pid: h.pid,
                 comm: h.comm,
                 tuple,
+                ends: tuple.map(Ends::of),
                 ignored,
                 open: VecDeque::new(),
                 last_used: self.use_clock,
@@ -348,7 +367,7 @@ impl Requests {
             .and_then(|tp| parse_traceparent(tp, r.tracestate.as_deref()));
         let (parent, parent_remote) = match remote {
             Some(p) => (Some(p), true),
-            None => (self.claim_caller(sk, &r.method, &r.target), false),
+            None => (self.claim_caller(sk, r.key), false),
         };
         let ctx = match &parent {
             Some(p) => self.context(p.trace_id(), p.trace_state().clone()),
@@ -386,12 +405,7 @@ impl Requests {
         r: Started,
         out: &mut Vec<Output>,
     ) {
-        let Started {
-            seq,
-            method,
-            target,
-            ..
-        } = r;
+        let Started { seq, key, .. } = r;
         let parent = self.parent_of_thread(tid, io.start_ns);
         let ctx = match &parent {
             Some(p) => self.context(p.trace_id(), p.trace_state().clone()),
@@ -411,8 +425,7 @@ impl Requests {
             }
             q.push_back(Sent {
                 seq,
-                method,
-                target,
+                key,
                 ctx: ctx.clone(),
                 claimed: false,
             });
@@ -428,12 +441,10 @@ impl Requests {
     }
 
     /// The client span, on this host, that sent the request server connection `sk` read.
-    fn claim_caller(&mut self, sk: u64, method: &str, target: &str) -> Option<SpanContext> {
+    fn claim_caller(&mut self, sk: u64, key: u64) -> Option<SpanContext> {
         let t = self.conns.get(&sk)?.tuple?;
         let q = self.sent.get_mut(&flip(&t))?;
-        let s = q
-            .iter_mut()
-            .find(|s| !s.claimed && s.method == method && s.target == target)?;
+        let s = q.iter_mut().find(|s| !s.claimed && s.key == key)?;
         s.claimed = true;
         Some(s.ctx.clone())
     }
@@ -458,7 +469,7 @@ impl Requests {
         let Some(mut open) = open else {
             return;
         };
-        let (pid, comm, tuple) = (conn.pid, conn.comm, conn.tuple);
+        let (pid, comm, tuple, ends) = (conn.pid, conn.comm, conn.tuple, conn.ends.clone());
         match ex.role {
             Role::Server => {
                 Self::stop_serving(&mut self.serving, open.tid, sk, open.seq);
@@ -466,7 +477,8 @@ impl Requests {
                 if open.parent.is_none() {
                     // A provisional trace id: the caller's record may have come after this
                     // request's start.
-                    if let Some(c) = self.claim_caller(sk, &ex.request.method, &ex.request.target) {
+                    let key = self.keys.hash_one((&ex.request.method, &ex.request.target));
+                    if let Some(c) = self.claim_caller(sk, key) {
                         out.push(Output::Merge {
                             from: open.ctx.trace_id(),
                             to: c.trace_id(),
@@ -503,7 +515,7 @@ impl Requests {
         let local_root = open.parent.is_none() || open.parent_remote;
         let (start_ns, end_ns) = (open.start_ns, ex.response.end_ns);
         let (name, attributes, status) =
-            describe(&ex, tuple.as_ref(), open.tid, &self.opts.redactor);
+            describe(&ex, ends.as_ref(), open.tid, &self.opts.redactor);
         out.push(Output::Span(Box::new(RequestSpan {
             pid,
             comm,
@@ -689,9 +701,11 @@ fn host_of(h: &str) -> &str {
 }
 
 /// Span name, attributes (HTTP semantic conventions) and status of a finished exchange.
+/// Per request it allocates only what differs between requests (name, path, query, route);
+/// the method is a static string and the addresses are the connection's.
 fn describe(
     ex: &Exchange,
-    tuple: Option<&Tuple>,
+    ends: Option<&Ends>,
     tid: u32,
     redactor: &Redactor,
 ) -> (String, Vec<KeyValue>, Status) {
@@ -700,13 +714,10 @@ fn describe(
     let path = redactor.redact(path);
     let route = infer_route(&path);
     let method = known_method(&r.method);
-    let name = format!("{} {}", method.as_ref(), route);
+    let name = format!("{method} {route}");
     let status_code = ex.response.status;
-    let mut a = Vec::with_capacity(16);
-    a.push(KeyValue::new(
-        "http.request.method",
-        method.clone().into_owned(),
-    ));
+    let mut a = Vec::with_capacity(18);
+    a.push(KeyValue::new("http.request.method", method));
     if method != r.method.as_str() {
         a.push(KeyValue::new(
             "http.request.method_original",
@@ -733,51 +744,59 @@ fn describe(
     let host_header = r.host.as_deref().map(host_of).filter(|h| !h.is_empty());
     match ex.role {
         Role::Server => {
-            a.push(KeyValue::new("url.path", path.clone().into_owned()));
+            a.push(KeyValue::new("url.path", path.into_owned()));
             if let Some(q) = query {
                 a.push(KeyValue::new("url.query", redactor.redact(q).into_owned()));
             }
             a.push(KeyValue::new("url.scheme", "http"));
-            a.push(KeyValue::new("http.route", route.clone()));
-            if let Some(t) = tuple {
+            a.push(KeyValue::new("http.route", route));
+            if let Some(e) = ends {
+                a.push(match host_header {
+                    Some(h) => KeyValue::new("server.address", h.to_string()),
+                    None => KeyValue::new("server.address", e.local_ip.clone()),
+                });
                 a.push(KeyValue::new(
-                    "server.address",
-                    host_header.map_or_else(|| t.local.ip().to_string(), str::to_string),
+                    "server.port",
+                    i64::from(e.tuple.local.port()),
                 ));
-                a.push(KeyValue::new("server.port", i64::from(t.local.port())));
-                a.push(KeyValue::new("client.address", t.remote.ip().to_string()));
-                a.push(KeyValue::new("client.port", i64::from(t.remote.port())));
-                peer_attributes(&mut a, t);
+                a.push(KeyValue::new("client.address", e.remote_ip.clone()));
+                a.push(KeyValue::new(
+                    "client.port",
+                    i64::from(e.tuple.remote.port()),
+                ));
+                peer_attributes(&mut a, e);
             } else if let Some(h) = host_header {
                 a.push(KeyValue::new("server.address", h.to_string()));
             }
         }
         Role::Client => {
-            let host = host_header
-                .map(str::to_string)
-                .or_else(|| tuple.map(|t| t.remote.ip().to_string()))
-                .unwrap_or_default();
-            let port = tuple.map(|t| t.remote.port());
-            let authority = match port {
-                Some(p) if p != 80 => {
-                    if host.contains(':') {
-                        format!("[{host}]:{p}")
-                    } else {
-                        format!("{host}:{p}")
-                    }
-                }
-                _ => host.clone(),
+            let port = ends.map(|e| e.tuple.remote.port());
+            let host = match (host_header, ends) {
+                (Some(h), _) => h,
+                (None, Some(e)) => &*e.remote_ip,
+                (None, None) => "",
             };
-            let mut full = format!("http://{authority}{path}");
+            let mut full = match port {
+                Some(p) if p != 80 && host.contains(':') => format!("http://[{host}]:{p}{path}"),
+                Some(p) if p != 80 => format!("http://{host}:{p}{path}"),
+                _ => format!("http://{host}{path}"),
+            };
             if let Some(q) = query {
                 full.push('?');
                 full.push_str(&redactor.redact(q));
             }
             a.push(KeyValue::new("url.full", full));
-            a.push(KeyValue::new("server.address", host));
-            if let Some(t) = tuple {
-                a.push(KeyValue::new("server.port", i64::from(t.remote.port())));
-                peer_attributes(&mut a, t);
+            a.push(match (host_header, ends) {
+                (Some(h), _) => KeyValue::new("server.address", h.to_string()),
+                (None, Some(e)) => KeyValue::new("server.address", e.remote_ip.clone()),
+                (None, None) => KeyValue::new("server.address", ""),
+            });
+            if let Some(e) = ends {
+                a.push(KeyValue::new(
+                    "server.port",
+                    i64::from(e.tuple.remote.port()),
+                ));
+                peer_attributes(&mut a, e);
             }
         }
     }
@@ -793,26 +812,20 @@ fn describe(
     (name, a, status)
 }
 
-fn peer_attributes(a: &mut Vec<KeyValue>, t: &Tuple) {
-    a.push(KeyValue::new(
-        "network.peer.address",
-        t.remote.ip().to_string(),
-    ));
+fn peer_attributes(a: &mut Vec<KeyValue>, e: &Ends) {
+    a.push(KeyValue::new("network.peer.address", e.remote_ip.clone()));
     a.push(KeyValue::new(
         "network.peer.port",
-        i64::from(t.remote.port()),
+        i64::from(e.tuple.remote.port()),
     ));
 }
 
 /// The method as the semantic conventions name it: one of the known methods, else `_OTHER`.
-fn known_method(m: &str) -> Cow<'static, str> {
+fn known_method(m: &str) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
     ];
-    match KNOWN.iter().find(|k| **k == m) {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Borrowed("_OTHER"),
-    }
+    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("_OTHER")
 }
 
 #[cfg(test)]
