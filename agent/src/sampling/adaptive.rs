@@ -89,6 +89,14 @@ fn default_alpha() -> f64 {
 
 /// A tick whose rate differs from the average by more than this factor is a load step.
 const JUMP_RATIO: f64 = 1.5;
+
+/// When twice a tick's worth of the target has been kept before the tick ends (a burst, or
+/// the first moments of a busy host, when every key still keeps everything), rates are
+/// measured again at once, but not sooner than this fraction of a tick after the last
+/// measurement. (Once: at the target, a tick keeps about one tick's worth, and a
+/// measurement over a sliver of a tick would be noise.)
+const EARLY_TICK_DIVISOR: u64 = 10;
+const EARLY_TICK_OVERSHOOT: f64 = 2.0;
 fn default_max_increase() -> f64 {
     2.0
 }
@@ -187,6 +195,11 @@ pub struct Adaptive {
     ring_pos: usize,
     tick_errors: u64,
     burst: bool,
+    /// Spans expected to be kept (sum of outgoing probabilities) since the last tick,
+    /// errors and priority spans aside.
+    tick_kept: f64,
+    /// Ticks taken early because the target was used up (`EARLY_TICK_DIVISOR`).
+    early_ticks: u64,
 }
 
 fn key_hash<S: SpanView + ?Sized>(s: &S) -> u64 {
@@ -239,6 +252,8 @@ impl Adaptive {
             ring_pos: 0,
             tick_errors: 0,
             burst: false,
+            tick_kept: 0.0,
+            early_ticks: 0,
         })
     }
 
@@ -248,6 +263,11 @@ impl Adaptive {
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Rate measurements taken before their tick because the target was used up.
+    pub fn early_ticks(&self) -> u64 {
+        self.early_ticks
     }
 
     /// Keys not tracked separately because of `max_keys`.
@@ -263,12 +283,20 @@ impl Adaptive {
             self.last_tick = now;
         }
         while now >= self.next_tick {
-            self.tick(self.next_tick);
+            self.tick(self.next_tick, true);
             self.next_tick += self.cfg.tick;
             if now >= self.next_tick + 60 * self.cfg.tick {
                 // A long gap: do not replay every idle tick.
                 self.next_tick = now + self.cfg.tick;
             }
+        }
+        let allowance = self.cfg.target_spans_per_second * self.cfg.tick as f64 / 1e9;
+        if self.tick_kept > EARLY_TICK_OVERSHOOT * allowance
+            && now.saturating_sub(self.last_tick) >= self.cfg.tick / EARLY_TICK_DIVISOR
+        {
+            // The error window keeps its pace: only the regular ticks move it.
+            self.tick(now, false);
+            self.early_ticks += 1;
         }
         let is_error = s.is_error();
         let mut h = key_hash(s);
@@ -307,17 +335,22 @@ impl Adaptive {
             p.probability *= f;
             p.decider = Decider::Adaptive;
         }
+        self.tick_kept += p.probability;
     }
 
-    fn tick(&mut self, now: u64) {
+    /// Measures every key's rate since the last tick and sets its factor. `regular`: the
+    /// tick of the schedule, which also moves the error burst window one slot.
+    fn tick(&mut self, now: u64, regular: bool) {
         let secs = (now.saturating_sub(self.last_tick)).max(1) as f64 / 1e9;
         self.last_tick = now;
+        self.tick_kept = 0.0;
         let alpha = self.cfg.ewma_alpha;
-        // Error burst window.
-        self.error_ring[self.ring_pos] = self.tick_errors;
-        self.ring_pos = (self.ring_pos + 1) % self.error_ring.len();
-        self.tick_errors = 0;
-        self.burst = self.error_ring.iter().sum::<u64>() > self.cfg.error_burst_errors;
+        if regular {
+            self.error_ring[self.ring_pos] = self.tick_errors;
+            self.ring_pos = (self.ring_pos + 1) % self.error_ring.len();
+            self.tick_errors = 0;
+            self.burst = self.error_ring.iter().sum::<u64>() > self.cfg.error_burst_errors;
+        }
 
         let mut target = self.cfg.target_spans_per_second;
         let mut rates: Vec<(u64, f64)> = Vec::with_capacity(self.keys.len());
@@ -431,5 +464,36 @@ mod tests {
             assert!(bucket_lower(b) <= ns, "{ns}");
             last = b;
         }
+    }
+
+    /// A host busy from the first moment (100k spans/s of one key, target 200/s): every key
+    /// keeps everything until its rate is measured, so without an early measurement the
+    /// whole first second (100k spans) would be kept.
+    #[test]
+    fn a_burst_is_measured_before_its_tick_ends() {
+        let mut a = Adaptive::new(&AdaptiveConfig::with_target(200.0)).unwrap();
+        let mut span = super::super::PlainSpan::new("read", 1, 0, 1_000);
+        let t0 = 1_700_000_000_000_000_000u64;
+        // Expected kept spans (sum of probabilities) per 100 ms over two seconds.
+        let mut kept = [0.0f64; 20];
+        for i in 0..200_000u64 {
+            span.end = t0 + i * 10_000;
+            let mut p = Partial {
+                probability: 1.0,
+                randomness: super::super::Randomness::from_trace_id([0; 16]),
+                priority: false,
+                decider: Decider::None,
+            };
+            a.apply(&span, &mut p);
+            kept[(i / 10_000) as usize] += p.probability;
+        }
+        // The first 100 ms keep everything; then the measured rate sets the factor.
+        assert!((kept[0] - 10_000.0).abs() < 1.0, "{kept:?}");
+        let rest: f64 = kept[1..10].iter().sum();
+        assert!(rest < 2.0 * 200.0 * 0.9, "kept {rest} in 0.1-1 s: {kept:?}");
+        // Once measured, no early tick is needed: the target holds.
+        assert_eq!(a.early_ticks(), 1, "{kept:?}");
+        let second: f64 = kept[10..].iter().sum();
+        assert!((150.0..=250.0).contains(&second), "second second: {second}");
     }
 }
