@@ -111,15 +111,23 @@ fn send(
     if groups.is_empty() {
         return;
     }
-    let mut important = Vec::new();
-    let mut ordinary = Vec::new();
+    let mut kept = Kept {
+        important: Vec::new(),
+        ordinary: Vec::new(),
+    };
     let mut built = 0u64;
     let mut sampled_out = 0u64;
     for g in groups.drain(..) {
         let (spans, outcome) = match g {
             Group::One(b) => {
+                // One span: decided and placed without a Vec of its own.
                 let o = sampler.as_mut().map(|p| p.decide(&*b));
-                (vec![*b], o)
+                built += 1;
+                match o {
+                    Some(o) if !o.keep => sampled_out += 1,
+                    _ => kept.place(*b, &o, sampler),
+                }
+                continue;
             }
             Group::Trace { spans, root } => {
                 let o = sampler.as_mut().map(|p| trace_outcome(p, &spans, root));
@@ -137,30 +145,17 @@ fn send(
         built += spans.len() as u64;
         match outcome {
             Some(o) if !o.keep => sampled_out += spans.len() as u64,
-            Some(o) => {
-                let name = sampler
-                    .as_ref()
-                    .map_or("none", |p| p.decider_name(o.decider));
-                for mut b in spans {
-                    crate::sampling::annotate(&mut b.span, &o, name);
-                    if o.priority {
-                        important.push(b);
-                    } else {
-                        ordinary.push(b);
-                    }
-                }
-            }
-            None => {
+            _ => {
                 for b in spans {
-                    if matches!(b.span.status, Status::Error { .. }) {
-                        important.push(b);
-                    } else {
-                        ordinary.push(b);
-                    }
+                    kept.place(b, &outcome, sampler);
                 }
             }
         }
     }
+    let Kept {
+        mut important,
+        mut ordinary,
+    } = kept;
     stats.add_spans_built(built);
     stats.dropped(DropReason::SampledOut, sampled_out);
     // Important spans (errors, always-keep rules) first: they may use the queue's reserve,
@@ -173,6 +168,35 @@ fn send(
         let sent = tx.send_prioritized(chunk, take_i);
         stats.dropped(DropReason::QueueFull, sent.full as u64);
         stats.dropped(DropReason::ExportFailed, sent.closed as u64);
+    }
+}
+
+/// Kept spans on their way to the queue.
+struct Kept {
+    /// Errors and always-keep rules: sent first, and may use the queue's reserve.
+    important: Vec<Built>,
+    ordinary: Vec<Built>,
+}
+
+impl Kept {
+    /// Annotates a kept span with its decision (none: sampling off) and files it.
+    fn place(&mut self, mut b: Built, outcome: &Option<Outcome>, sampler: &Option<Sampler>) {
+        let important = match (outcome, sampler) {
+            (Some(o), Some(p)) => {
+                crate::sampling::annotate(&mut b.span, o, p.decider_name(o.decider));
+                o.priority
+            }
+            (Some(o), None) => {
+                crate::sampling::annotate(&mut b.span, o, "none");
+                o.priority
+            }
+            (None, _) => matches!(b.span.status, Status::Error { .. }),
+        };
+        if important {
+            self.important.push(b);
+        } else {
+            self.ordinary.push(b);
+        }
     }
 }
 
