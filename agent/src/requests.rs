@@ -118,7 +118,7 @@ pub enum Output {
 /// What a request's start needs of it (not its other headers).
 struct Started {
     seq: u64,
-    /// `Requests::request_key` of its method and target.
+    /// Hash of its method and target (`Requests::keys`).
     key: u64,
     traceparent: Option<String>,
     tracestate: Option<String>,
@@ -129,6 +129,8 @@ struct Started {
 #[derive(Debug, Clone)]
 struct Open {
     seq: u64,
+    /// Hash of its method and target (`Requests::keys`), for linking it to its caller.
+    key: u64,
     ctx: SpanContext,
     parent: Option<SpanContext>,
     /// The parent is another process's span (traceparent).
@@ -156,12 +158,18 @@ impl Ends {
     }
 }
 
+impl Conn {
+    fn tuple(&self) -> Option<Tuple> {
+        self.ends.as_ref().map(|e| e.tuple)
+    }
+}
+
 #[derive(Debug)]
 struct Conn {
     http: HttpConn,
     pid: u32,
     comm: [u8; agent_common::COMM_LEN],
-    tuple: Option<Tuple>,
+    /// Its 4-tuple, when known, with the address strings its spans carry.
     ends: Option<Ends>,
     ignored: bool,
     open: VecDeque<Open>,
@@ -173,7 +181,7 @@ struct Conn {
 #[derive(Debug, Clone)]
 struct Sent {
     seq: u64,
-    /// `Requests::request_key` of its method and target: the server end matches on it
+    /// Hash of its method and target (`Requests::keys`): the server end matches on it
     /// without a copy of either string per request.
     key: u64,
     ctx: SpanContext,
@@ -265,7 +273,7 @@ impl Requests {
         let tuple = known;
         // A socket address reused by a new connection whose predecessor's close was missed.
         if let (Some(c), Some(t)) = (self.conns.get(&d.sk), tuple) {
-            if c.tuple.is_some_and(|old| old != t) {
+            if c.tuple().is_some_and(|old| old != t) {
                 self.close(d.sk, h.start_ns, out);
             }
         }
@@ -342,7 +350,6 @@ impl Requests {
                 http: HttpConn::new(),
                 pid: h.pid,
                 comm: h.comm,
-                tuple,
                 ends: tuple.map(Ends::of),
                 ignored,
                 open: VecDeque::new(),
@@ -388,6 +395,7 @@ impl Requests {
         if let Some(c) = self.conns.get_mut(&sk) {
             c.open.push_back(Open {
                 seq,
+                key: r.key,
                 ctx,
                 parent,
                 parent_remote,
@@ -418,7 +426,7 @@ impl Requests {
         let Some(conn) = self.conns.get_mut(&sk) else {
             return;
         };
-        if let Some(t) = conn.tuple {
+        if let Some(t) = conn.tuple() {
             let q = self.sent.entry(t).or_default();
             if q.len() >= MAX_SENT {
                 q.pop_front();
@@ -432,6 +440,7 @@ impl Requests {
         }
         conn.open.push_back(Open {
             seq,
+            key,
             ctx,
             parent,
             parent_remote: false,
@@ -442,7 +451,7 @@ impl Requests {
 
     /// The client span, on this host, that sent the request server connection `sk` read.
     fn claim_caller(&mut self, sk: u64, key: u64) -> Option<SpanContext> {
-        let t = self.conns.get(&sk)?.tuple?;
+        let t = self.conns.get(&sk)?.tuple()?;
         let q = self.sent.get_mut(&flip(&t))?;
         let s = q.iter_mut().find(|s| !s.claimed && s.key == key)?;
         s.claimed = true;
@@ -469,7 +478,7 @@ impl Requests {
         let Some(mut open) = open else {
             return;
         };
-        let (pid, comm, tuple, ends) = (conn.pid, conn.comm, conn.tuple, conn.ends.clone());
+        let (pid, comm, ends) = (conn.pid, conn.comm, conn.ends.clone());
         match ex.role {
             Role::Server => {
                 Self::stop_serving(&mut self.serving, open.tid, sk, open.seq);
@@ -477,8 +486,7 @@ impl Requests {
                 if open.parent.is_none() {
                     // A provisional trace id: the caller's record may have come after this
                     // request's start.
-                    let key = self.keys.hash_one((&ex.request.method, &ex.request.target));
-                    if let Some(c) = self.claim_caller(sk, key) {
+                    if let Some(c) = self.claim_caller(sk, open.key) {
                         out.push(Output::Merge {
                             from: open.ctx.trace_id(),
                             to: c.trace_id(),
@@ -501,7 +509,7 @@ impl Requests {
             }
             Role::Client => {
                 self.counts.client_spans += 1;
-                if let Some(t) = tuple {
+                if let Some(t) = ends.as_ref().map(|e| e.tuple) {
                     if let Some(q) = self.sent.get_mut(&t) {
                         q.retain(|s| s.seq != open.seq);
                         if q.is_empty() {
@@ -561,7 +569,7 @@ impl Requests {
             for o in &c.open {
                 Self::stop_serving(&mut self.serving, o.tid, sk, o.seq);
             }
-            if let Some(t) = c.tuple {
+            if let Some(t) = c.tuple() {
                 self.sent.remove(&t);
             }
         }
@@ -787,9 +795,9 @@ fn describe(
             }
             a.push(KeyValue::new("url.full", full));
             a.push(match (host_header, ends) {
-                (Some(h), _) => KeyValue::new("server.address", h.to_string()),
+                // The connection's shared string rather than a copy of it.
                 (None, Some(e)) => KeyValue::new("server.address", e.remote_ip.clone()),
-                (None, None) => KeyValue::new("server.address", ""),
+                _ => KeyValue::new("server.address", host.to_string()),
             });
             if let Some(e) = ends {
                 a.push(KeyValue::new(

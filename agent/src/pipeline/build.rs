@@ -181,16 +181,15 @@ struct Kept {
 impl Kept {
     /// Annotates a kept span with its decision (none: sampling off) and files it.
     fn place(&mut self, mut b: Built, outcome: &Option<Outcome>, sampler: &Option<Sampler>) {
-        let important = match (outcome, sampler) {
-            (Some(o), Some(p)) => {
-                crate::sampling::annotate(&mut b.span, o, p.decider_name(o.decider));
+        let important = match outcome {
+            Some(o) => {
+                let name = sampler
+                    .as_ref()
+                    .map_or("none", |p| p.decider_name(o.decider));
+                crate::sampling::annotate(&mut b.span, o, name);
                 o.priority
             }
-            (Some(o), None) => {
-                crate::sampling::annotate(&mut b.span, o, "none");
-                o.priority
-            }
-            (None, _) => matches!(b.span.status, Status::Error { .. }),
+            None => matches!(b.span.status, Status::Error { .. }),
         };
         if important {
             self.important.push(b);
