@@ -18,8 +18,11 @@ echo "[test] kernel integration tests (root, one at a time)" >&2
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo -E env PATH=$PATH"; fi
 $SUDO cargo test -p agent --test kernel -- --test-threads=1
-echo "[test] end-to-end OTLP tests (root; real kernel -> kspan run -> Python OTLP receiver)" >&2
-$SUDO cargo test -p agent --test otlp -- --test-threads=1
+echo "[test] end-to-end tests (root; real kernel -> kspan run -> Python OTLP receiver): export, sampling, syscall/TCP spans, request spans" >&2
+for t in otlp sampling spans requests; do
+  echo "[test]   $t" >&2
+  $SUDO cargo test -p agent --test "$t" -- --test-threads=1
+done
 echo "[test] kspan hist/top tests (root; strace, bpftrace and tmux as ground truth and driver)" >&2
 $SUDO cargo test -p agent --test hist -- --test-threads=1
 echo "[test] container image (static binary in an empty image; podman + runc)" >&2

@@ -21,8 +21,36 @@ pub enum EventKind {
     TcpConnect = 2,
     TcpAccept = 3,
     TcpClose = 4,
-    /// A transfer on a TCP socket that carries HTTP/1.x (see [`HttpData`]).
-    Http = 5,
+    /// Bytes moved on a TCP socket that carries an application protocol the kernel detected
+    /// (see [`PayloadData`] and [`l7`]).
+    Payload = 5,
+}
+
+/// Application (L7) protocols. The kernel detects them from the first bytes of a transfer
+/// (`agent-ebpf/src/programs/detect.rs`) and names them in [`PayloadData::protocol`];
+/// userspace parses each in its own module (`agent/src/l7/`). Numbers are part of the wire
+/// format: never reuse one.
+pub mod l7 {
+    /// Not detected (close records of sockets whose protocol is not known, and tests).
+    pub const PROTOCOL_UNKNOWN: u16 = 0;
+    /// HTTP/1.0 and HTTP/1.1.
+    pub const PROTOCOL_HTTP1: u16 = 1;
+
+    /// HTTP/1.x request methods, each with the space that follows it on the request line: a
+    /// transfer starting with one of these starts a request.
+    pub const HTTP1_METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
+    /// The start of every HTTP/1.x response.
+    pub const HTTP1_RESPONSE: &[u8] = b"HTTP/1.";
 }
 
 /// Common header of every ring-buffer record.
@@ -83,14 +111,14 @@ pub struct TcpData {
     pub error: u32,
 }
 
-/// Payload of an HTTP transfer event: a read or write on a TCP socket whose bytes start like
-/// an HTTP/1.x message, or any later transfer on such a socket (bodies, headers split over
-/// several calls), or the socket's close (`HTTP_FLAG_CLOSE`). The record is followed by
-/// `captured` bytes: the first bytes moved (at most the configured prefix). Records are
-/// variable-length: header, this, then the bytes.
+/// Payload of a transfer event: a read or write on a TCP socket whose bytes start a message of
+/// a protocol the kernel detects ([`l7`]), or any later transfer on such a socket (bodies,
+/// heads split over several calls), or the socket's close (`PAYLOAD_FLAG_CLOSE`). The record
+/// is followed by `captured` bytes: the first bytes moved (at most the configured prefix).
+/// Records are variable-length: header, this, then the bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HttpData {
+pub struct PayloadData {
     /// Kernel address of the socket: the connection's identity while it lives.
     pub sk: u64,
     /// The fd the process used (0 on close records).
@@ -108,21 +136,24 @@ pub struct HttpData {
     pub sport: u16,
     /// Remote port, host byte order.
     pub dport: u16,
-    pub _pad: u16,
+    /// The socket's protocol (`l7::PROTOCOL_*`), as detected at its first message start.
+    pub protocol: u16,
     /// Local and remote address: IPv4 in the first 4 bytes, or IPv6.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
 }
 
-/// `HttpData` header flag: the process wrote (sent) the bytes; otherwise it read them.
-pub const HTTP_FLAG_WRITE: u32 = 1;
-/// `HttpData` header flag: the socket closed; no bytes follow.
-pub const HTTP_FLAG_CLOSE: u32 = 2;
-/// `HttpData` header flag: the bytes start like an HTTP/1.x message.
-pub const HTTP_FLAG_START: u32 = 4;
+/// `PayloadData` header flag: the process wrote (sent) the bytes; otherwise it read them.
+pub const PAYLOAD_FLAG_WRITE: u32 = 1;
+/// `PayloadData` header flag: the socket closed; no bytes follow.
+pub const PAYLOAD_FLAG_CLOSE: u32 = 2;
+/// `PayloadData` header flag: the bytes start a message of the socket's protocol.
+pub const PAYLOAD_FLAG_START: u32 = 4;
 /// Largest prefix of a transfer the kernel copies (the `http.prefix_bytes` setting is at most
 /// this).
-pub const HTTP_PREFIX_MAX: usize = 4096;
+pub const PAYLOAD_PREFIX_MAX: usize = 4096;
+/// Smallest prefix the kernel can be asked to copy: enough for a request line.
+pub const PAYLOAD_PREFIX_MIN: usize = 64;
 
 /// A ring-buffer record: header then payload.
 #[repr(C)]
@@ -134,15 +165,15 @@ pub struct Event<T> {
 
 pub type SyscallEvent = Event<SyscallData>;
 pub type TcpEvent = Event<TcpData>;
-pub type HttpEvent = Event<HttpData>;
+pub type PayloadEvent = Event<PayloadData>;
 
-/// An HTTP record as the kernel builds it before sending its first
-/// `size_of::<HttpEvent>() + captured` bytes.
+/// A transfer record as the kernel builds it before sending its first
+/// `size_of::<PayloadEvent>() + captured` bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct HttpRecord {
-    pub event: HttpEvent,
-    pub buf: [u8; HTTP_PREFIX_MAX],
+pub struct PayloadRecord {
+    pub event: PayloadEvent,
+    pub buf: [u8; PAYLOAD_PREFIX_MAX],
 }
 
 /// `TcpData` flag: the connect failed (see `error`).
@@ -183,9 +214,9 @@ pub enum Counter {
     RingbufShed = 4,
     /// Calls not counted in the per-process histograms: their map was full.
     ProcHistFull = 5,
-    /// HTTP sockets not followed: their table was full (a new HTTP message start on such a
-    /// socket is still captured).
-    HttpTableFull = 6,
+    /// Sockets carrying an L7 protocol not followed: their table was full (a new message start
+    /// on such a socket is still captured).
+    L7TableFull = 6,
 }
 pub const COUNTERS_LEN: u32 = 8;
 
@@ -195,40 +226,45 @@ pub const FILTER_COMM: u32 = 2;
 pub const FILTER_CGROUP: u32 = 4;
 pub const FILTER_SYSCALL: u32 = 8;
 
-/// Names of the globals userspace sets when loading (`EbpfLoader::override_global`). Each is a
-/// `static` of the same name in `agent-ebpf` (a test in `agent` checks the object has them).
+/// Names of the globals userspace sets when loading (`EbpfLoader::override_global`), by the
+/// feature that reads them. Each is a `static` of the same name in `agent-ebpf` (a test in
+/// `agent` checks the object has them).
 pub mod globals {
+    // Every program (agent-ebpf/src/programs/settings.rs).
     pub const SELF_TGID: &str = "SELF_TGID";
     pub const FILTER_FLAGS: &str = "FILTER_FLAGS";
     pub const FILTER_CGROUP_ID: &str = "FILTER_CGROUP_ID";
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    pub const SHED_BYTES: &str = "SHED_BYTES";
+    // Syscalls (programs/syscall.rs, programs/starts.rs).
     pub const MIN_DURATION_NS: &str = "MIN_DURATION_NS";
     pub const EMIT_SYSCALLS: &str = "EMIT_SYSCALLS";
     pub const EMIT_FAILED: &str = "EMIT_FAILED";
     pub const PROC_HIST: &str = "PROC_HIST";
     pub const STARTS_IN_ARRAY: &str = "STARTS_IN_ARRAY";
+    // TCP (programs/tcp.rs).
     pub const EMIT_TCP: &str = "EMIT_TCP";
-    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
-    pub const SHED_BYTES: &str = "SHED_BYTES";
     pub const TCP_SOCK_SRTT_US_OFFSET: &str = "TCP_SOCK_SRTT_US_OFFSET";
     pub const TCP_REQ_SNT_SYNACK_OFFSET: &str = "TCP_REQ_SNT_SYNACK_OFFSET";
-    pub const HTTP_PREFIX: &str = "HTTP_PREFIX";
+    // L7 payloads (programs/payload.rs).
+    pub const PAYLOAD_PREFIX: &str = "PAYLOAD_PREFIX";
     pub const SOCK_V6_DADDR_OFFSET: &str = "SOCK_V6_DADDR_OFFSET";
     pub const SOCK_V6_SADDR_OFFSET: &str = "SOCK_V6_SADDR_OFFSET";
     pub const ALL: &[&str] = &[
         SELF_TGID,
         FILTER_FLAGS,
         FILTER_CGROUP_ID,
+        WAKEUP_BYTES,
+        SHED_BYTES,
         MIN_DURATION_NS,
         EMIT_SYSCALLS,
         EMIT_FAILED,
         PROC_HIST,
         STARTS_IN_ARRAY,
         EMIT_TCP,
-        WAKEUP_BYTES,
-        SHED_BYTES,
         TCP_SOCK_SRTT_US_OFFSET,
         TCP_REQ_SNT_SYNACK_OFFSET,
-        HTTP_PREFIX,
+        PAYLOAD_PREFIX,
         SOCK_V6_DADDR_OFFSET,
         SOCK_V6_SADDR_OFFSET,
     ];
@@ -250,8 +286,8 @@ pub mod maps {
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
     pub const EXPECTED_ERRNOS: &str = "EXPECTED_ERRNOS";
-    pub const HTTP_SOCKS: &str = "HTTP_SOCKS";
-    pub const HTTP_SCRATCH: &str = "HTTP_SCRATCH";
+    pub const L7_SOCKS: &str = "L7_SOCKS";
+    pub const PAYLOAD_SCRATCH: &str = "PAYLOAD_SCRATCH";
     pub const SELF_PORTS: &str = "SELF_PORTS";
     pub const SELF_SOCKS: &str = "SELF_SOCKS";
     pub const ALL: &[&str] = &[
@@ -269,8 +305,8 @@ pub mod maps {
         FILTER_COMMS,
         FILTER_SYSCALLS,
         EXPECTED_ERRNOS,
-        HTTP_SOCKS,
-        HTTP_SCRATCH,
+        L7_SOCKS,
+        PAYLOAD_SCRATCH,
         SELF_PORTS,
         SELF_SOCKS,
     ];
@@ -405,9 +441,9 @@ mod tests {
         assert_eq!(size_of::<TcpData>(), 8 + 4 * 2 + 32 + 8);
         assert_eq!(size_of::<SyscallEvent>(), 56 + 24);
         assert_eq!(size_of::<TcpEvent>(), 56 + 56);
-        assert_eq!(size_of::<HttpData>(), 72);
-        assert_eq!(size_of::<HttpEvent>(), 56 + 72);
-        assert_eq!(size_of::<HttpRecord>(), 56 + 72 + HTTP_PREFIX_MAX);
+        assert_eq!(size_of::<PayloadData>(), 72);
+        assert_eq!(size_of::<PayloadEvent>(), 56 + 72);
+        assert_eq!(size_of::<PayloadRecord>(), 56 + 72 + PAYLOAD_PREFIX_MAX);
         assert_eq!(size_of::<SyscallStart>(), 40);
     }
 

@@ -3,14 +3,8 @@
 //! The names userspace uses for globals, maps and programs are constants in
 //! `agent_common::{globals, maps, programs}`.
 //!
-//! Syscall latency: `raw_syscalls/sys_enter|sys_exit` as raw tracepoints (the cheapest hook
-//! measured; see BENCHMARKS.md), with classic-tracepoint twins kept for kernels and benchmarks
-//! that want them. The start of each in-flight syscall is stored per thread, either in an
-//! array indexed by tid (sized to `pid_max` by userspace, the fastest) or in a hash map (when
-//! `pid_max` is too large for an array).
-//!
-//! TCP: `sock/inet_sock_set_state` follows each connection; `tcp/tcp_retransmit_skb` and
-//! `tcp/tcp_receive_reset` annotate it.
+//! The production programs are in `programs/`, one module per feature (syscalls, TCP, L7
+//! payloads and their protocol detection, and what they share).
 //!
 //! Benchmark-only programs (cost floors) live in `bench.rs`, apart from the production ones.
 //!

@@ -21,6 +21,8 @@ use std::{borrow::Cow, collections::BTreeMap, io::BufRead};
 use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 
+use crate::quantile::nearest_rank;
+
 /// A span as the analysis needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ASpan {
@@ -537,15 +539,6 @@ struct RouteAcc {
     errors_by: BTreeMap<(u32, u32, u32), (u64, Vec<u32>)>,
     op_durations: HashMap<(u32, u32), Vec<u64>>,
     timeouts: HashMap<(u32, u32), (u64, Vec<u32>)>,
-}
-
-/// The nearest-rank `q` quantile of sorted values (the default of `T` for none).
-pub fn nearest_rank<T: Copy + Default>(sorted: &[T], q: f64) -> T {
-    if sorted.is_empty() {
-        return T::default();
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 /// Length of the union of intervals, each clipped to [lo, hi].
@@ -1197,6 +1190,30 @@ fn truncate(s: &str, n: usize) -> String {
     } else {
         s.chars().take(n - 1).collect::<String>() + "~"
     }
+}
+
+/// Spans go to `kspan run --analyze`'s report.
+pub struct AnalyzeSink(pub std::sync::Arc<std::sync::Mutex<Store>>);
+
+impl crate::sink::Sink for AnalyzeSink {
+    fn export<'a>(
+        &'a mut self,
+        resource: &'a opentelemetry_sdk::Resource,
+        spans: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> crate::sink::ExportFuture<'a> {
+        let service = resource
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .map(|v| v.as_str().into_owned())
+            .unwrap_or_else(|| "unknown_service".into());
+        if let Ok(mut store) = self.0.lock() {
+            for s in &spans {
+                store.add_span_data(&service, s);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn shutdown(&mut self) {}
 }
 
 #[cfg(test)]

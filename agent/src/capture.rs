@@ -89,9 +89,10 @@ pub struct CaptureConfig {
     /// only when slow, flagged `SYSCALL_FLAG_EXPECTED`. Errnos must be below
     /// `EXPECTED_ERRNO_LIMIT`.
     pub expected_errnos: Vec<(u32, u32)>,
-    /// Bytes of each HTTP transfer on a TCP socket to copy (0: HTTP capture off). Needs the
-    /// syscall programs.
-    pub http_prefix: u32,
+    /// Bytes of each transfer on a TCP socket of a detected L7 protocol to copy (0: L7
+    /// capture off). Set with [`CaptureConfig::capture_payloads`]: it rides on the syscall
+    /// programs.
+    pub payload_prefix: u32,
 }
 
 impl Default for CaptureConfig {
@@ -112,12 +113,40 @@ impl Default for CaptureConfig {
             starts: StartsTable::Auto,
             wakeup_bytes: None,
             expected_errnos: Vec::new(),
-            http_prefix: 0,
+            payload_prefix: 0,
         }
     }
 }
 
 impl CaptureConfig {
+    /// Captures the first `prefix` bytes of L7 transfers (0: none). L7 capture rides on the
+    /// syscall programs: they stay attached even when syscall spans are off (then they only
+    /// feed the histograms and the L7 capture).
+    pub fn capture_payloads(&mut self, prefix: u32) {
+        self.payload_prefix = prefix;
+        if prefix != 0 && self.syscall_hook == SyscallHook::Off {
+            self.syscall_hook = SyscallHook::RawTracepoint;
+        }
+    }
+
+    /// `FILTER_*` bits of the filters this config sets.
+    fn filter_flags(&self) -> u32 {
+        let mut flags = 0u32;
+        if !self.pids.is_empty() {
+            flags |= FILTER_PID;
+        }
+        if !self.comms.is_empty() {
+            flags |= FILTER_COMM;
+        }
+        if self.cgroup_id.is_some() {
+            flags |= FILTER_CGROUP;
+        }
+        if !self.syscalls.is_empty() {
+            flags |= FILTER_SYSCALL;
+        }
+        flags
+    }
+
     /// The default capture narrowed by the process and syscall filters: pids must name
     /// running processes (a filter that names nothing would trace nothing, silently), syscalls
     /// are names, cgroups a v2 path or id.
@@ -279,8 +308,92 @@ pub struct KernelCounters {
     pub ringbuf_shed: u64,
     pub start_table_full: u64,
     pub tcp_table_full: u64,
+    /// Sockets of an L7 protocol not followed: the kernel's table of them was full.
+    pub l7_table_full: u64,
     pub submitted: u64,
     pub syscalls_measured: u64,
+}
+
+/// The values of the programs' globals, by feature, computed once from the config so the
+/// loader can borrow them.
+struct Globals {
+    // Every program.
+    self_tgid: u32,
+    filter_flags: u32,
+    cgroup_id: u64,
+    wakeup_bytes: u64,
+    shed_bytes: u64,
+    // Syscalls.
+    min_ns: u64,
+    emit_syscalls: u32,
+    emit_failed: u32,
+    proc_hist: u32,
+    starts_in_array: u32,
+    // TCP.
+    emit_tcp: u32,
+    srtt_offset: u32,
+    synack_offset: u32,
+    // L7 payloads.
+    payload_prefix: u32,
+    v6_daddr: u32,
+    v6_saddr: u32,
+}
+
+impl Globals {
+    fn new(config: &CaptureConfig, starts_in_array: bool, offsets: &KernelOffsets) -> Globals {
+        let rb = config.ring_buffer_bytes as u64;
+        Globals {
+            self_tgid: std::process::id(),
+            filter_flags: config.filter_flags(),
+            cgroup_id: config.cgroup_id.unwrap_or(0),
+            wakeup_bytes: config.wakeup_bytes.unwrap_or(rb / 4),
+            // The last quarter of the ring buffer is for failures and TCP events.
+            shed_bytes: rb / 4 * 3,
+            min_ns: config.min_duration.as_nanos().min(u64::MAX as u128) as u64,
+            emit_syscalls: config.emit_syscalls as u32,
+            emit_failed: config.emit_failed as u32,
+            proc_hist: config.proc_hist as u32,
+            starts_in_array: starts_in_array as u32,
+            // Without TCP tracing, L7 capture still follows sockets to their close, quietly.
+            emit_tcp: (config.emit_tcp && config.tcp) as u32,
+            srtt_offset: offsets.tcp_sock_srtt_us.unwrap_or(0),
+            synack_offset: offsets.tcp_request_sock_snt_synack.unwrap_or(0),
+            payload_prefix: config
+                .payload_prefix
+                .min(agent_common::PAYLOAD_PREFIX_MAX as u32),
+            v6_daddr: offsets.sock_common_v6_daddr.unwrap_or(0),
+            v6_saddr: offsets.sock_common_v6_rcv_saddr.unwrap_or(0),
+        }
+    }
+
+    /// Sets the globals on the loader, one block per feature.
+    fn set<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        loader
+            // Every program (programs/shared.rs).
+            .override_global(globals::SELF_TGID, &self.self_tgid, true)
+            .override_global(globals::FILTER_FLAGS, &self.filter_flags, true)
+            .override_global(globals::FILTER_CGROUP_ID, &self.cgroup_id, true)
+            .override_global(globals::WAKEUP_BYTES, &self.wakeup_bytes, true)
+            .override_global(globals::SHED_BYTES, &self.shed_bytes, true)
+            // Syscalls (programs/syscall.rs, programs/starts.rs).
+            .override_global(globals::MIN_DURATION_NS, &self.min_ns, true)
+            .override_global(globals::EMIT_SYSCALLS, &self.emit_syscalls, true)
+            .override_global(globals::EMIT_FAILED, &self.emit_failed, true)
+            .override_global(globals::PROC_HIST, &self.proc_hist, true)
+            .override_global(globals::STARTS_IN_ARRAY, &self.starts_in_array, true)
+            // TCP (programs/tcp.rs).
+            .override_global(globals::EMIT_TCP, &self.emit_tcp, true)
+            .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &self.srtt_offset, true)
+            .override_global(
+                globals::TCP_REQ_SNT_SYNACK_OFFSET,
+                &self.synack_offset,
+                true,
+            )
+            // L7 payloads (programs/payload.rs).
+            .override_global(globals::PAYLOAD_PREFIX, &self.payload_prefix, true)
+            .override_global(globals::SOCK_V6_DADDR_OFFSET, &self.v6_daddr, true)
+            .override_global(globals::SOCK_V6_SADDR_OFFSET, &self.v6_saddr, true);
+    }
 }
 
 /// A running capture: programs attached until dropped (aya detaches on drop).
@@ -313,32 +426,7 @@ impl Capture {
             StartsTable::Array => true,
             StartsTable::Hash => false,
         };
-        let self_tgid = std::process::id();
-        let mut flags = 0u32;
-        if !config.pids.is_empty() {
-            flags |= FILTER_PID;
-        }
-        if !config.comms.is_empty() {
-            flags |= FILTER_COMM;
-        }
-        if config.cgroup_id.is_some() {
-            flags |= FILTER_CGROUP;
-        }
-        if !config.syscalls.is_empty() {
-            flags |= FILTER_SYSCALL;
-        }
-        let min_ns = config.min_duration.as_nanos().min(u64::MAX as u128) as u64;
-        let cgroup_id = config.cgroup_id.unwrap_or(0);
-        let emit_syscalls = config.emit_syscalls as u32;
-        let emit_failed = config.emit_failed as u32;
-        let proc_hist = config.proc_hist as u32;
-        let in_array = starts_in_array as u32;
-        // Without TCP tracing, HTTP capture still follows sockets to their close, quietly.
-        let emit_tcp = (config.emit_tcp && config.tcp) as u32;
-        let wakeup_bytes = config.wakeup_bytes.unwrap_or(rb as u64 / 4);
-        // The last quarter of the ring buffer is for failures and TCP events.
-        let shed_bytes = rb as u64 / 4 * 3;
-        let offsets = if config.tcp || config.http_prefix != 0 {
+        let offsets = if config.tcp || config.payload_prefix != 0 {
             crate::btf::kernel_offsets().unwrap_or_else(|e| {
                 log::warn!(
                     "cannot read kernel BTF ({e}): accept events will not carry the handshake \
@@ -349,30 +437,10 @@ impl Capture {
         } else {
             KernelOffsets::default()
         };
-        let srtt_offset = offsets.tcp_sock_srtt_us.unwrap_or(0);
-        let http_prefix = config.http_prefix.min(agent_common::HTTP_PREFIX_MAX as u32);
-        let v6_daddr = offsets.sock_common_v6_daddr.unwrap_or(0);
-        let v6_saddr = offsets.sock_common_v6_rcv_saddr.unwrap_or(0);
-        let synack_offset = offsets.tcp_request_sock_snt_synack.unwrap_or(0);
-
+        let globals = Globals::new(&config, starts_in_array, &offsets);
         let mut loader = EbpfLoader::new();
+        globals.set(&mut loader);
         loader
-            .override_global(globals::SELF_TGID, &self_tgid, true)
-            .override_global(globals::FILTER_FLAGS, &flags, true)
-            .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
-            .override_global(globals::MIN_DURATION_NS, &min_ns, true)
-            .override_global(globals::EMIT_SYSCALLS, &emit_syscalls, true)
-            .override_global(globals::EMIT_FAILED, &emit_failed, true)
-            .override_global(globals::PROC_HIST, &proc_hist, true)
-            .override_global(globals::STARTS_IN_ARRAY, &in_array, true)
-            .override_global(globals::EMIT_TCP, &emit_tcp, true)
-            .override_global(globals::WAKEUP_BYTES, &wakeup_bytes, true)
-            .override_global(globals::SHED_BYTES, &shed_bytes, true)
-            .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &srtt_offset, true)
-            .override_global(globals::TCP_REQ_SNT_SYNACK_OFFSET, &synack_offset, true)
-            .override_global(globals::HTTP_PREFIX, &http_prefix, true)
-            .override_global(globals::SOCK_V6_DADDR_OFFSET, &v6_daddr, true)
-            .override_global(globals::SOCK_V6_SADDR_OFFSET, &v6_saddr, true)
             .map_max_entries(maps::EVENTS, rb)
             .map_max_entries(
                 maps::STARTS_ARRAY,
@@ -432,7 +500,8 @@ impl Capture {
                 }
             }
         }
-        if config.tcp || http_prefix != 0 {
+        let payloads = globals.payload_prefix != 0;
+        if config.tcp || payloads {
             attach_tp(
                 &mut ebpf,
                 programs::SOCK_SET_STATE_TCP,
@@ -461,8 +530,8 @@ impl Capture {
             )?;
         }
         // The owner of an accepted connection whose listener kspan did not see listen, and
-        // which syscalls move bytes on TCP sockets (HTTP capture).
-        if config.tcp || http_prefix != 0 {
+        // which syscalls move bytes on TCP sockets (L7 capture).
+        if config.tcp || payloads {
             attach_tp(
                 &mut ebpf,
                 programs::SOCK_SEND_LENGTH,
@@ -626,6 +695,7 @@ impl Capture {
             ringbuf_shed: self.counter(Counter::RingbufShed),
             start_table_full: self.counter(Counter::StartTableFull),
             tcp_table_full: self.counter(Counter::TcpTableFull),
+            l7_table_full: self.counter(Counter::L7TableFull),
             submitted: self.counter(Counter::Submitted),
             syscalls_measured: 0,
         }

@@ -34,7 +34,7 @@ pub struct Config {
     pub resource: ResourceSection,
     pub metrics: MetricsSection,
     /// HTTP/1.x request spans from socket reads and writes.
-    pub http: HttpSection,
+    pub http: crate::l7::http::HttpSection,
     /// Samplers (rules -> adaptive -> budget). Default: [`default_sampling`]; `null` (or
     /// `--sampling off`) keeps every span.
     #[serde(default = "default_sampling")]
@@ -52,39 +52,9 @@ impl Default for Config {
             pipeline: PipelineSection::default(),
             resource: ResourceSection::default(),
             metrics: MetricsSection::default(),
-            http: HttpSection::default(),
+            http: crate::l7::http::HttpSection::default(),
             sampling: default_sampling(),
             governor: None,
-        }
-    }
-}
-
-/// Default bytes of each HTTP transfer the kernel copies.
-pub const DEFAULT_HTTP_PREFIX_BYTES: u32 = 1024;
-
-/// `http:` request spans.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSection {
-    /// SERVER and CLIENT spans for HTTP/1.x requests seen on TCP sockets.
-    pub enabled: bool,
-    /// Bytes of each transfer copied from the process (64 to 4096): headers beyond them are
-    /// not read (method, target and status still are).
-    pub prefix_bytes: u32,
-    /// Connections with one of these local or remote ports are not followed.
-    pub ignore_ports: Vec<u16>,
-    /// Patterns masked in URL paths and queries (default: e-mail, phone, card numbers,
-    /// national ids, api_key/token/secret/password values); `[]`: none.
-    pub redact: Vec<crate::redact::Pattern>,
-}
-
-impl Default for HttpSection {
-    fn default() -> Self {
-        HttpSection {
-            enabled: true,
-            prefix_bytes: DEFAULT_HTTP_PREFIX_BYTES,
-            ignore_ports: Vec::new(),
-            redact: crate::redact::default_patterns(),
         }
     }
 }
@@ -445,8 +415,8 @@ pub struct RunPlan {
     pub pipeline: PipelineSection,
     pub resource: ResourceSection,
     pub metrics: MetricsSection,
-    /// Request spans: `None` when `http.enabled` is false.
-    pub http: Option<crate::requests::HttpOptions>,
+    /// Request spans (L7): `None` when `http.enabled` is false.
+    pub l7: Option<crate::l7::tracker::L7Options>,
 }
 
 impl Config {
@@ -512,29 +482,29 @@ impl Config {
         capture.tcp = c.tcp;
         capture.ring_buffer_bytes = c.ring_buffer_bytes;
         capture.expected_errnos = expected_errnos(&c.expected_errors)?;
-        capture.syscall_hook = if c.syscall_spans || self.http.enabled {
+        capture.syscall_hook = if c.syscall_spans {
             crate::capture::SyscallHook::RawTracepoint
         } else {
             crate::capture::SyscallHook::Off
         };
-        // HTTP capture rides on the syscall programs; their spans stay off if asked.
         capture.emit_syscalls = c.syscall_spans;
         let h = &self.http;
-        let http = if h.enabled {
-            if !(64..=agent_common::HTTP_PREFIX_MAX as u32).contains(&h.prefix_bytes) {
+        let l7 = if h.enabled {
+            if !crate::l7::PREFIX_BYTES_RANGE.contains(&h.prefix_bytes) {
                 return Err(invalid(
                     "http.prefix_bytes",
                     format!(
-                        "{} is outside 64..={}",
+                        "{} is outside {}..={}",
                         h.prefix_bytes,
-                        agent_common::HTTP_PREFIX_MAX
+                        crate::l7::PREFIX_BYTES_RANGE.start(),
+                        crate::l7::PREFIX_BYTES_RANGE.end()
                     ),
                 ));
             }
-            capture.http_prefix = h.prefix_bytes;
-            let redactor = crate::redact::Redactor::new(&h.redact)
+            capture.capture_payloads(h.prefix_bytes);
+            let redactor = crate::l7::redact::Redactor::new(&h.redact)
                 .map_err(|e| invalid("http.redact", e.to_string()))?;
-            Some(crate::requests::HttpOptions {
+            Some(crate::l7::tracker::L7Options {
                 ignore_ports: h.ignore_ports.clone(),
                 redactor,
             })
@@ -560,7 +530,7 @@ impl Config {
             pipeline: self.pipeline.clone(),
             resource: self.resource.clone(),
             metrics: self.metrics.clone(),
-            http,
+            l7,
         })
     }
 }
@@ -731,30 +701,30 @@ sampling:
     fn http_section() {
         // On by default, with the default redaction and a 1 KiB prefix.
         let plan = Config::default().build().unwrap();
-        let opts = plan.http.expect("HTTP on by default");
-        assert_eq!(plan.capture.http_prefix, DEFAULT_HTTP_PREFIX_BYTES);
+        let opts = plan.l7.expect("HTTP on by default");
+        assert_eq!(plan.capture.payload_prefix, crate::l7::DEFAULT_PREFIX_BYTES);
         assert_eq!(opts.redactor.redact("to=a@b.com"), "to=***");
         let c = Config::parse(
             "http:\n  prefix_bytes: 256\n  ignore_ports: [9090]\n  redact: []\ncapture:\n  syscall_spans: false\n",
         )
         .unwrap();
         let plan = c.build().unwrap();
-        assert_eq!(plan.capture.http_prefix, 256);
+        assert_eq!(plan.capture.payload_prefix, 256);
         // HTTP rides on the syscall programs, which stay quiet.
         assert_eq!(
             plan.capture.syscall_hook,
             crate::capture::SyscallHook::RawTracepoint
         );
         assert!(!plan.capture.emit_syscalls);
-        let opts = plan.http.unwrap();
+        let opts = plan.l7.unwrap();
         assert_eq!(opts.ignore_ports, vec![9090]);
         assert_eq!(opts.redactor.redact("to=a@b.com"), "to=a@b.com");
         let off = Config::parse("http: {enabled: false}\n")
             .unwrap()
             .build()
             .unwrap();
-        assert!(off.http.is_none());
-        assert_eq!(off.capture.http_prefix, 0);
+        assert!(off.l7.is_none());
+        assert_eq!(off.capture.payload_prefix, 0);
         for (text, key) in [
             ("http: {prefix_bytes: 8}\n", "http.prefix_bytes"),
             ("http: {prefix_bytes: 5000}\n", "http.prefix_bytes"),

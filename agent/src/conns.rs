@@ -35,6 +35,17 @@ impl Tuple {
             remote: canon(remote),
         }
     }
+
+    /// The ends of a transfer record's socket, as the kernel read them.
+    pub fn of_payload(d: &agent_common::PayloadData) -> Option<Tuple> {
+        if d.family == 0 || (d.sport == 0 && d.dport == 0) {
+            return None;
+        }
+        Some(Tuple::new(
+            SocketAddr::new(crate::wire::ip_addr(d.family, &d.saddr), d.sport),
+            SocketAddr::new(crate::wire::ip_addr(d.family, &d.daddr), d.dport),
+        ))
+    }
 }
 
 /// Finds the 4-tuple of a process's socket fd.

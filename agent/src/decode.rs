@@ -2,21 +2,22 @@
 //!
 //! Every record is length-checked before it is read; unknown kinds and short records are
 //! errors the caller counts, never a panic.
-use agent_common::{EventHeader, EventKind, HttpData, SyscallData, TcpData, HTTP_PREFIX_MAX};
+use agent_common::{EventHeader, EventKind, PayloadData, SyscallData, TcpData, PAYLOAD_PREFIX_MAX};
 
 /// A decoded ring-buffer record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     Syscall(EventHeader, SyscallData),
     Tcp(EventKind, EventHeader, TcpData),
-    /// An HTTP transfer and the bytes captured of it (`captured` of them).
-    Http(EventHeader, HttpData, Vec<u8>),
+    /// A transfer on a socket of a detected L7 protocol, and the bytes captured of it
+    /// (`captured` of them).
+    Payload(EventHeader, PayloadData, Vec<u8>),
 }
 
 impl RawEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
-            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) | RawEvent::Http(h, _, _) => h,
+            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) | RawEvent::Payload(h, _, _) => h,
         }
     }
 
@@ -24,7 +25,7 @@ impl RawEvent {
         match self {
             RawEvent::Syscall(..) => EventKind::Syscall,
             RawEvent::Tcp(k, ..) => *k,
-            RawEvent::Http(..) => EventKind::Http,
+            RawEvent::Payload(..) => EventKind::Payload,
         }
     }
 }
@@ -35,7 +36,7 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("unknown event kind {kind}")]
     UnknownKind { kind: u32 },
-    #[error("HTTP record claims {captured} captured bytes (at most {HTTP_PREFIX_MAX})")]
+    #[error("payload record claims {captured} captured bytes (at most {PAYLOAD_PREFIX_MAX})")]
     BadCapture { captured: u32 },
 }
 
@@ -66,19 +67,19 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         k if k == EventKind::TcpConnect as u32 => EventKind::TcpConnect,
         k if k == EventKind::TcpAccept as u32 => EventKind::TcpAccept,
         k if k == EventKind::TcpClose as u32 => EventKind::TcpClose,
-        k if k == EventKind::Http as u32 => EventKind::Http,
+        k if k == EventKind::Payload as u32 => EventKind::Payload,
         kind => return Err(DecodeError::UnknownKind { kind }),
     };
     Ok(match kind {
         EventKind::Syscall => RawEvent::Syscall(header, read(bytes, HEADER)?),
-        EventKind::Http => {
-            let data: HttpData = read(bytes, HEADER)?;
-            if data.captured as usize > HTTP_PREFIX_MAX {
+        EventKind::Payload => {
+            let data: PayloadData = read(bytes, HEADER)?;
+            if data.captured as usize > PAYLOAD_PREFIX_MAX {
                 return Err(DecodeError::BadCapture {
                     captured: data.captured,
                 });
             }
-            let from = HEADER + std::mem::size_of::<HttpData>();
+            let from = HEADER + std::mem::size_of::<PayloadData>();
             let need = from + data.captured as usize;
             if bytes.len() < need {
                 return Err(DecodeError::Short {
@@ -86,7 +87,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                     need,
                 });
             }
-            RawEvent::Http(header, data, bytes[from..need].to_vec())
+            RawEvent::Payload(header, data, bytes[from..need].to_vec())
         }
         k => RawEvent::Tcp(k, header, read(bytes, HEADER)?),
     })
@@ -110,7 +111,7 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
             out.extend_from_slice(bytes_of(h));
             out.extend_from_slice(bytes_of(d));
         }
-        RawEvent::Http(h, d, bytes) => {
+        RawEvent::Payload(h, d, bytes) => {
             out.extend_from_slice(bytes_of(h));
             out.extend_from_slice(bytes_of(d));
             out.extend_from_slice(bytes);
@@ -178,9 +179,9 @@ mod tests {
     }
 
     #[test]
-    fn http_round_trip_and_bad_lengths() {
+    fn payload_round_trip_and_bad_lengths() {
         let body = b"GET /x HTTP/1.1\r\n".to_vec();
-        let d = HttpData {
+        let d = PayloadData {
             sk: 9,
             fd: 4,
             len: 100,
@@ -189,9 +190,10 @@ mod tests {
             family: 2,
             sport: 8080,
             dport: 40000,
+            protocol: agent_common::l7::PROTOCOL_HTTP1,
             ..Default::default()
         };
-        let ev = RawEvent::Http(header(EventKind::Http), d, body);
+        let ev = RawEvent::Payload(header(EventKind::Payload), d, body);
         let bytes = encode(&ev);
         assert_eq!(decode(&bytes), Ok(ev));
         assert!(matches!(
@@ -200,11 +202,11 @@ mod tests {
         ));
         let mut big = bytes.clone();
         let at = HEADER + 28;
-        big[at..at + 4].copy_from_slice(&(HTTP_PREFIX_MAX as u32 + 1).to_le_bytes());
+        big[at..at + 4].copy_from_slice(&(PAYLOAD_PREFIX_MAX as u32 + 1).to_le_bytes());
         assert_eq!(
             decode(&big),
             Err(DecodeError::BadCapture {
-                captured: HTTP_PREFIX_MAX as u32 + 1
+                captured: PAYLOAD_PREFIX_MAX as u32 + 1
             })
         );
     }

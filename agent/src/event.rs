@@ -1,39 +1,19 @@
-//! Decoded kernel events in the agent's own terms, and their JSON form.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! Decoded kernel events as `kspan events` prints them (JSON lines).
+use std::collections::BTreeMap;
 
 use agent_common::{
-    EventHeader, EventKind, SyscallData, TcpData, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
+    EventHeader, EventKind, PayloadData, SyscallData, TcpData, PAYLOAD_FLAG_CLOSE,
+    PAYLOAD_FLAG_START, PAYLOAD_FLAG_WRITE, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
     TCP_FLAG_PID_UNKNOWN,
 };
 use serde::Serialize;
 
-use crate::{clock::WallClock, decode::RawEvent, names};
-
-/// Name of an event kind as it appears in output.
-pub fn kind_name(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Syscall => "syscall",
-        EventKind::TcpConnect => "tcp_connect",
-        EventKind::TcpAccept => "tcp_accept",
-        EventKind::TcpClose => "tcp_close",
-        EventKind::Http => "http",
-    }
-}
-
-/// Trims the kernel's NUL padding from a comm.
-pub fn comm_str(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
-/// Address of a TCP event side.
-pub fn ip_addr(family: u16, raw: &[u8; 16]) -> IpAddr {
-    if family == libc::AF_INET as u16 {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*raw))
-    }
-}
+use crate::{
+    clock::WallClock,
+    decode::RawEvent,
+    names,
+    wire::{comm_str, ip_addr, kind_name},
+};
 
 /// One event as `kspan events` prints it.
 #[derive(Debug, Serialize, PartialEq)]
@@ -77,13 +57,14 @@ pub struct JsonEvent {
     /// Accept events: false when the handshake time is unknown (`duration_ns` is then 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_known: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpJson>,
+    /// A transfer record, under its protocol's name (`"http": {...}`).
+    #[serde(flatten)]
+    pub payload: BTreeMap<&'static str, PayloadJson>,
 }
 
-/// An HTTP transfer record (`kind: "http"`).
+/// A transfer record on a socket of a detected L7 protocol (`kind` is the protocol's name).
 #[derive(Debug, Serialize, PartialEq)]
-pub struct HttpJson {
+pub struct PayloadJson {
     /// `read`, `write` or `close` (the socket closed).
     pub dir: &'static str,
     /// Kernel address of the socket, hex.
@@ -92,7 +73,7 @@ pub struct HttpJson {
     pub bytes: u64,
     /// Bytes captured of them.
     pub captured: u32,
-    /// The bytes start an HTTP/1.x message.
+    /// The bytes start a message of the protocol.
     pub message_start: bool,
     /// The first line of a message start, with personal data masked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,38 +107,38 @@ impl JsonEvent {
             failed: None,
             pid_known: None,
             handshake_known: None,
-            http: None,
+            payload: BTreeMap::new(),
         };
         match ev {
             RawEvent::Syscall(_, d) => out.fill_syscall(d),
             RawEvent::Tcp(kind, h, d) => out.fill_tcp(*kind, h.flags, d),
-            RawEvent::Http(h, d, bytes) => out.fill_http(h.flags, d, bytes),
+            RawEvent::Payload(h, d, bytes) => out.fill_payload(h.flags, d, bytes),
         }
         out
     }
 
-    fn fill_http(&mut self, flags: u32, d: &agent_common::HttpData, bytes: &[u8]) {
-        use agent_common::{HTTP_FLAG_CLOSE, HTTP_FLAG_START, HTTP_FLAG_WRITE};
-        self.kind = "http";
-        let start = flags & HTTP_FLAG_START != 0;
+    fn fill_payload(&mut self, flags: u32, d: &PayloadData, bytes: &[u8]) {
+        let protocol = crate::l7::protocol(d.protocol).map_or("unknown", |p| p.name());
+        self.kind = protocol;
+        let start = flags & PAYLOAD_FLAG_START != 0;
         let first_line = start.then(|| {
             let end = bytes
                 .iter()
                 .position(|&b| b == b'\r' || b == b'\n')
                 .unwrap_or(bytes.len());
-            static REDACTOR: std::sync::LazyLock<crate::redact::Redactor> =
-                std::sync::LazyLock::new(crate::redact::Redactor::default);
+            static REDACTOR: std::sync::LazyLock<crate::l7::redact::Redactor> =
+                std::sync::LazyLock::new(crate::l7::redact::Redactor::default);
             REDACTOR
                 .redact(&String::from_utf8_lossy(&bytes[..end]))
                 .into_owned()
         });
-        if flags & HTTP_FLAG_CLOSE == 0 {
+        if flags & PAYLOAD_FLAG_CLOSE == 0 {
             self.fd = Some(d.fd);
         }
-        self.http = Some(HttpJson {
-            dir: if flags & HTTP_FLAG_CLOSE != 0 {
+        let json = PayloadJson {
+            dir: if flags & PAYLOAD_FLAG_CLOSE != 0 {
                 "close"
-            } else if flags & HTTP_FLAG_WRITE != 0 {
+            } else if flags & PAYLOAD_FLAG_WRITE != 0 {
                 "write"
             } else {
                 "read"
@@ -167,7 +148,8 @@ impl JsonEvent {
             captured: d.captured,
             message_start: start,
             first_line,
-        });
+        };
+        self.payload.insert(protocol, json);
     }
 
     fn fill_syscall(&mut self, d: &SyscallData) {

@@ -1,10 +1,13 @@
 //! kspan: eBPF kernel-level tracing agent (userspace side).
 //!
 //! Read the tree as the data flows: `capture` (kernel programs and maps) -> `decode` (the
-//! only place that reads kernel bytes) -> enrichment (`procinfo`, `conns`, `k8s`) -> `spans`
-//! -> `sampling` -> `sink`, wired and run by `pipeline` (reader, build, queue, export), with
-//! `metrics` beside. `config` turns the YAML into a `RunPlan`; `cmd` holds the thin command
-//! entry points; `hist`, `event`, `check` serve the other commands.
+//! only place that reads kernel bytes) -> enrichment (`procinfo`, `conns`, `k8s`) -> `l7`
+//! (request spans of application protocols) and `spans` (every event's span; `span` is a
+//! built span) -> `traces` (whole traces held for the samplers) -> `sampling` -> `sink`,
+//! wired and run by `pipeline` (reader, build, queue, export), with `metrics` beside.
+//! `config` turns the YAML into a `RunPlan`; `cmd` holds the thin command entry points;
+//! `hist`, `event`, `check`, `analyze` serve the other commands; `wire`, `names`, `clock`,
+//! `duration`, `quantile` are leaves.
 pub mod analyze;
 pub mod btf;
 pub mod capture;
@@ -18,19 +21,20 @@ pub mod duration;
 pub mod event;
 pub mod governor;
 pub mod hist;
-pub mod http;
 pub mod k8s;
+pub mod l7;
 pub mod metrics;
 pub mod names;
 pub mod pipeline;
 pub mod procinfo;
-pub mod redact;
-pub mod requests;
+pub mod quantile;
 pub mod sampling;
 pub mod sink;
 pub mod source;
+pub mod span;
 pub mod spans;
 pub mod traces;
+pub mod wire;
 
 /// Selects the TLS crypto provider once per process. Two providers are compiled in (ring
 /// for tonic and kube, aws-lc-rs through reqwest), so rustls cannot pick one itself and would

@@ -37,10 +37,13 @@ pub enum DropReason {
     StartTableFull,
     /// The kernel's connection table was full (connection not followed).
     TcpTableFull,
+    /// The kernel's table of L7 sockets was full (later transfers of such a socket are not
+    /// captured; message starts still are).
+    L7TableFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::RingbufFull,
         DropReason::RingbufShed,
         DropReason::Undecodable,
@@ -49,6 +52,7 @@ impl DropReason {
         DropReason::SampledOut,
         DropReason::StartTableFull,
         DropReason::TcpTableFull,
+        DropReason::L7TableFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl DropReason {
             DropReason::SampledOut => "sampled_out",
             DropReason::StartTableFull => "start_table_full",
             DropReason::TcpTableFull => "tcp_table_full",
+            DropReason::L7TableFull => "l7_table_full",
         }
     }
 }
@@ -81,15 +86,21 @@ struct BudgetLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HttpLabel {
+struct CountLabel {
     count: &'static str,
 }
 
-/// What the HTTP request tracker counted (totals since start).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct L7Label {
+    protocol: &'static str,
+    count: &'static str,
+}
+
+/// What the request tracker and the trace holder counted (totals since start).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct HttpTotals {
+pub struct RequestTotals {
     #[serde(flatten)]
-    pub requests: crate::requests::RequestCounts,
+    pub requests: crate::l7::tracker::RequestCounts,
     #[serde(flatten)]
     pub traces: crate::traces::HoldCounts,
     /// Spans held now, waiting for their trace's root.
@@ -116,10 +127,11 @@ pub struct Stats {
     budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     cpu_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
     governed_min: Gauge<f64, std::sync::atomic::AtomicU64>,
-    http: Family<HttpLabel, Gauge>,
-    http_totals: std::sync::Mutex<Option<HttpTotals>>,
+    requests: Family<CountLabel, Gauge>,
+    l7: Family<L7Label, Gauge>,
+    request_totals: std::sync::Mutex<Option<(RequestTotals, crate::l7::ProtocolCounts)>>,
     /// Last kernel counter values seen, to turn them into increments.
-    kernel_seen: [AtomicU64; 4],
+    kernel_seen: [AtomicU64; 5],
     attached: AtomicBool,
     exporter_ok: AtomicBool,
 }
@@ -132,8 +144,12 @@ pub struct Totals {
     pub spans_exported: u64,
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
     pub queue_spans: i64,
+    /// Request spans (L7): what the tracker linked and held.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpTotals>,
+    pub requests: Option<RequestTotals>,
+    /// What each L7 protocol's parsers counted, by protocol name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<crate::l7::ProtocolCounts>,
 }
 
 impl Totals {
@@ -221,11 +237,17 @@ impl Stats {
             "Cost-aware sampler: budget, used, remaining, used_percent, projected (end of period), factor",
             budget.clone(),
         );
-        let http = Family::<HttpLabel, Gauge>::default();
+        let requests = Family::<CountLabel, Gauge>::default();
         registry.register(
-            "http",
-            "HTTP request tracking since start: transfers, server_spans, client_spans, linked, continued, not_http, truncated, unmatched, unanswered, ignored, evicted, released_early, traces_completed, held_spans",
-            http.clone(),
+            "requests",
+            "Request spans (every L7 protocol) since start: transfers, server_spans, client_spans, linked, continued, ignored, unknown_protocol, evicted, released_early, traces_completed, held_spans",
+            requests.clone(),
+        );
+        let l7 = Family::<L7Label, Gauge>::default();
+        registry.register(
+            "l7",
+            "What each L7 protocol's parsers counted since start: requests, responses, not_parsed, truncated, unmatched, unanswered",
+            l7.clone(),
         );
         // Every reason shows up from the start, at 0.
         for r in DropReason::ALL {
@@ -245,8 +267,9 @@ impl Stats {
             budget,
             cpu_percent,
             governed_min,
-            http,
-            http_totals: std::sync::Mutex::new(None),
+            requests,
+            l7,
+            request_totals: std::sync::Mutex::new(None),
             kernel_seen: Default::default(),
             attached: AtomicBool::new(false),
             exporter_ok: AtomicBool::new(true),
@@ -300,7 +323,8 @@ impl Stats {
 
     pub fn set_requests(
         &self,
-        r: &crate::requests::RequestCounts,
+        r: &crate::l7::tracker::RequestCounts,
+        p: &crate::l7::ProtocolCounts,
         t: &crate::traces::HoldCounts,
         held: usize,
     ) {
@@ -310,24 +334,33 @@ impl Stats {
             ("client_spans", r.client_spans),
             ("linked", r.linked),
             ("continued", r.continued),
-            ("not_http", r.not_http),
-            ("truncated", r.truncated),
-            ("unmatched", r.unmatched),
-            ("unanswered", r.unanswered),
             ("ignored", r.ignored),
+            ("unknown_protocol", r.unknown_protocol),
             ("evicted", r.evicted),
             ("released_early", t.released_early),
             ("traces_completed", t.traces_completed),
             ("held_spans", held as u64),
         ] {
-            self.http.get_or_create(&HttpLabel { count }).set(v as i64);
+            self.requests
+                .get_or_create(&CountLabel { count })
+                .set(v as i64);
         }
-        if let Ok(mut g) = self.http_totals.lock() {
-            *g = Some(HttpTotals {
-                requests: *r,
-                traces: *t,
-                held_spans: held,
-            });
+        for (protocol, c) in p.iter() {
+            for (count, v) in c.named() {
+                self.l7
+                    .get_or_create(&L7Label { protocol, count })
+                    .set(v as i64);
+            }
+        }
+        if let Ok(mut g) = self.request_totals.lock() {
+            *g = Some((
+                RequestTotals {
+                    requests: *r,
+                    traces: *t,
+                    held_spans: held,
+                },
+                p.clone(),
+            ));
         }
     }
 
@@ -360,6 +393,7 @@ impl Stats {
             (DropReason::RingbufShed, k.ringbuf_shed),
             (DropReason::StartTableFull, k.start_table_full),
             (DropReason::TcpTableFull, k.tcp_table_full),
+            (DropReason::L7TableFull, k.l7_table_full),
         ];
         for (i, (reason, now)) in pairs.into_iter().enumerate() {
             let before = self.kernel_seen[i].swap(now, Ordering::Relaxed);
@@ -392,17 +426,28 @@ impl Stats {
                 .get();
             dropped.insert(r.as_str(), v);
         }
-        let events = ["syscall", "tcp_connect", "tcp_accept", "tcp_close", "http"]
-            .iter()
-            .map(|&kind| self.events.get_or_create(&KindLabel { kind }).get())
-            .sum();
+        let events = [
+            "syscall",
+            "tcp_connect",
+            "tcp_accept",
+            "tcp_close",
+            "payload",
+        ]
+        .iter()
+        .map(|&kind| self.events.get_or_create(&KindLabel { kind }).get())
+        .sum();
+        let (requests, l7) = match self.request_totals.lock().ok().and_then(|g| g.clone()) {
+            Some((r, p)) => (Some(r), Some(p)),
+            None => (None, None),
+        };
         Totals {
             events,
             spans_built: self.spans_built.get(),
             spans_exported: self.spans_exported.get(),
             dropped,
             queue_spans: self.queue_spans.get(),
-            http: self.http_totals.lock().ok().and_then(|g| g.clone()),
+            requests,
+            l7,
         }
     }
 

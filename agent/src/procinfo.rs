@@ -14,7 +14,7 @@ use agent_common::COMM_LEN;
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::{resource::ResourceDetector, Resource};
 
-use crate::event::comm_str;
+use crate::wire::comm_str;
 
 /// How long a cached entry is trusted before its start time is checked again.
 pub const REVALIDATE_AFTER: Duration = Duration::from_secs(30);

@@ -172,24 +172,13 @@ impl Sink for StdoutSink {
     fn shutdown(&mut self) {}
 }
 
-/// Spans go to `kspan run --analyze`'s report.
-pub struct AnalyzeSink(pub std::sync::Arc<std::sync::Mutex<crate::analyze::Store>>);
-
-impl Sink for AnalyzeSink {
-    fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
-        let service = resource
-            .get(&opentelemetry::Key::from_static_str("service.name"))
-            .map(|v| v.as_str().into_owned())
-            .unwrap_or_else(|| "unknown_service".into());
-        if let Ok(mut store) = self.0.lock() {
-            for s in &spans {
-                store.add_span_data(&service, s);
-            }
-        }
-        Box::pin(std::future::ready(Ok(())))
+/// The endpoint and the timeout, the same for both OTLP transports.
+fn endpoint_and_timeout<B: WithExportConfig>(b: B, endpoint: &str, timeout: Option<Duration>) -> B {
+    let b = b.with_endpoint(endpoint);
+    match timeout {
+        Some(t) => b.with_timeout(t),
+        None => b,
     }
-
-    fn shutdown(&mut self) {}
 }
 
 /// Spans are built and counted, not sent (`--exporter none`).
@@ -466,10 +455,7 @@ pub fn build(cfg: &ExporterSection) -> Result<(Box<dyn Sink>, SinkDescription), 
                             }
                             b = b.with_tls_config(t);
                         }
-                        b = b.with_endpoint(endpoint.clone());
-                        if let Some(t) = cfg.timeout {
-                            b = b.with_timeout(t);
-                        }
+                        b = endpoint_and_timeout(b, &endpoint, cfg.timeout);
                         if let Some(c) = compression {
                             b = b.with_compression(c);
                         }
@@ -502,10 +488,7 @@ pub fn build(cfg: &ExporterSection) -> Result<(Box<dyn Sink>, SinkDescription), 
                             } else {
                                 opentelemetry_otlp::Protocol::HttpBinary
                             });
-                        b = b.with_endpoint(endpoint.clone());
-                        if let Some(t) = cfg.timeout {
-                            b = b.with_timeout(t);
-                        }
+                        b = endpoint_and_timeout(b, &endpoint, cfg.timeout);
                         if let Some(c) = compression {
                             b = b.with_compression(c);
                         }

@@ -6,17 +6,17 @@
 //! | tcp_connect | `tcp connect` | CLIENT | none (it starts a trace) |
 //! | tcp_accept | `tcp accept` | SERVER | none (it starts a trace) |
 //! | tcp_close | `tcp connection` (established -> closed) | INTERNAL | the connect/accept span |
-//! | http (request read, response written) | `{method} {route}` | SERVER | the caller (see [`crate::requests`]) |
-//! | http (request written, response read) | `{method} {route}` | CLIENT | the server span its thread serves |
+//! | L7 request read, response written | per protocol (HTTP: `{method} {route}`) | SERVER | the caller (see [`crate::l7::tracker`]) |
+//! | L7 request written, response read | per protocol | CLIENT | the server span its thread serves |
 //!
-//! A syscall or connect made by a thread while it serves one HTTP request is that request's
-//! child rather than its connection's. Spans of request traces are held until the trace's local
+//! A syscall or connect made by a thread while it serves one request is that request's child
+//! rather than its connection's. Spans of request traces are held until the trace's local
 //! root ends ([`crate::traces`]): [`SpanBuilder::process`] hands out [`Group`]s.
 //!
 //! Attributes follow the OpenTelemetry semantic conventions where one exists; kernel-specific
 //! ones are under `kspan.` (see [`attr`]). Failed syscalls and connects get status Error and
 //! `error.type` = the errno name.
-use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
+use std::{borrow::Cow, net::SocketAddr, time::Duration};
 
 use agent_common::{
     EventHeader, EventKind, SyscallData, TcpData, SYSCALL_FLAG_EXPECTED, TCP_FLAG_FAILED,
@@ -28,64 +28,28 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
 
+pub use crate::span::{attr, Built};
 use crate::{
     clock::WallClock,
     conns::{Conns, FdResolver, ProcFdResolver, Tuple},
     decode::RawEvent,
-    event::ip_addr,
+    l7::{
+        tracker::{L7Options, Output, RequestCounts, RequestSpan, Tracker},
+        ProtocolCounts,
+    },
     names,
-    procinfo::{ProcResource, ProcessCache},
-    requests::{HttpOptions, Output, RequestCounts, RequestSpan, Requests},
+    procinfo::ProcessCache,
     traces::{Group, HoldCounts, Holder},
+    wire::ip_addr,
 };
+
+/// A trace's sampling decision (`None`: sampling is off), remembered for its late spans.
+pub type Decision = Option<crate::sampling::Outcome>;
 
 /// Most spans held while their traces wait for their roots.
 pub const MAX_HELD_SPANS: usize = 100_000;
 /// Longest a trace is held waiting for its root.
 pub const MAX_HOLD: Duration = Duration::from_secs(30);
-
-/// Attribute keys kspan sets that are not semantic conventions (all under `kspan.`).
-pub mod attr {
-    /// Syscall number (x86_64).
-    pub const SYSCALL_NR: &str = "kspan.syscall.nr";
-    /// Raw return value (negative errno on failure).
-    pub const SYSCALL_RETURN: &str = "kspan.syscall.return";
-    /// errno of a failed syscall (positive).
-    pub const SYSCALL_ERRNO: &str = "kspan.syscall.errno";
-    /// true on a failed syscall whose errno is an expected outcome (status stays Unset).
-    pub const SYSCALL_EXPECTED_ERROR: &str = "kspan.syscall.expected_error";
-    /// First argument of fd-based syscalls.
-    pub const SYSCALL_FD: &str = "kspan.syscall.fd";
-    /// cgroup v2 id of the task.
-    pub const CGROUP_ID: &str = "kspan.cgroup.id";
-    /// Segments retransmitted: over the connection's life (`tcp connection`), SYNs
-    /// (`tcp connect`) or SYN-ACKs (`tcp accept`).
-    pub const TCP_RETRANSMITS: &str = "kspan.tcp.retransmits";
-    /// false on a `tcp accept` span whose handshake time is unknown (the span has no length).
-    pub const TCP_HANDSHAKE_KNOWN: &str = "kspan.tcp.handshake_known";
-    /// false when the owning process was unknown (listener older than kspan).
-    pub const PID_KNOWN: &str = "kspan.pid_known";
-    /// Which sampling rule decided (set by the samplers).
-    pub const SAMPLING_RULE: &str = "kspan.sampling.rule";
-}
-
-/// The ends of an HTTP record's socket, as the kernel read them.
-pub fn http_tuple(d: &agent_common::HttpData) -> Option<Tuple> {
-    if d.family == 0 || (d.sport == 0 && d.dport == 0) {
-        return None;
-    }
-    Some(Tuple::new(
-        SocketAddr::new(ip_addr(d.family, &d.saddr), d.sport),
-        SocketAddr::new(ip_addr(d.family, &d.daddr), d.dport),
-    ))
-}
-
-/// A span and the resource of the process it belongs to.
-#[derive(Debug, Clone)]
-pub struct Built {
-    pub resource: Arc<ProcResource>,
-    pub span: SpanData,
-}
 
 pub struct SpanBuilder<R: FdResolver = ProcFdResolver> {
     clock: WallClock,
@@ -93,8 +57,8 @@ pub struct SpanBuilder<R: FdResolver = ProcFdResolver> {
     conns: Conns<R>,
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
-    requests: Option<Requests>,
-    holder: Holder,
+    tracker: Option<Tracker>,
+    holder: Holder<Decision>,
     outputs: Vec<Output>,
     /// Latest event end seen (monotonic ns).
     now_ns: u64,
@@ -110,16 +74,16 @@ impl<R: FdResolver> SpanBuilder<R> {
             scope: InstrumentationScope::builder("kspan")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
-            requests: None,
+            tracker: None,
             holder: Holder::new(MAX_HELD_SPANS, MAX_HOLD),
             outputs: Vec::new(),
             now_ns: 0,
         }
     }
 
-    /// Turns HTTP records into request spans (without it they are ignored).
-    pub fn with_http(mut self, opts: HttpOptions) -> SpanBuilder<R> {
-        self.requests = Some(Requests::new(opts));
+    /// Turns L7 transfer records into request spans (without it they are ignored).
+    pub fn with_l7(mut self, opts: L7Options) -> SpanBuilder<R> {
+        self.tracker = Some(Tracker::new(opts));
         self
     }
 
@@ -128,7 +92,12 @@ impl<R: FdResolver> SpanBuilder<R> {
     }
 
     pub fn request_counts(&self) -> Option<RequestCounts> {
-        self.requests.as_ref().map(|r| r.counts)
+        self.tracker.as_ref().map(|r| r.counts)
+    }
+
+    /// What each L7 protocol's parsers counted.
+    pub fn protocol_counts(&self) -> Option<&ProtocolCounts> {
+        self.tracker.as_ref().map(|r| r.protocol_counts())
     }
 
     pub fn hold_counts(&self) -> HoldCounts {
@@ -139,12 +108,22 @@ impl<R: FdResolver> SpanBuilder<R> {
         self.holder.held_spans()
     }
 
+    /// Trace `t`, released as a whole, was decided `d`: its late spans follow it.
+    pub fn record_decision(&mut self, t: opentelemetry::trace::TraceId, d: Decision) {
+        self.holder.record_decision(t, d);
+    }
+
+    /// The decision recorded for trace `t`, while remembered.
+    pub fn decision(&self, t: &opentelemetry::trace::TraceId) -> Option<Decision> {
+        self.holder.decision(t)
+    }
+
     /// One event's spans, as groups ready for the samplers (none while its trace is held).
     pub fn process(&mut self, ev: &RawEvent, out: &mut Vec<Group>) {
         let h = ev.header();
         self.now_ns = self.now_ns.max(h.start_ns + h.duration_ns);
         match ev {
-            RawEvent::Http(h, d, bytes) => self.http(h, d, bytes, out),
+            RawEvent::Payload(h, d, bytes) => self.payload(h, d, bytes, out),
             _ => {
                 if let Some(b) = self.build(ev) {
                     self.holder.push(b, out);
@@ -163,23 +142,23 @@ impl<R: FdResolver> SpanBuilder<R> {
         self.holder.drain(out);
     }
 
-    /// The span of one syscall or TCP event (HTTP records make none on their own).
+    /// The span of one syscall or TCP event (transfer records make none on their own).
     pub fn build(&mut self, ev: &RawEvent) -> Option<Built> {
         match ev {
             RawEvent::Syscall(h, d) => Some(self.syscall(h, d)),
             RawEvent::Tcp(kind, h, d) => Some(self.tcp(*kind, h, d)),
-            RawEvent::Http(..) => None,
+            RawEvent::Payload(..) => None,
         }
     }
 
-    fn http(
+    fn payload(
         &mut self,
         h: &EventHeader,
-        d: &agent_common::HttpData,
+        d: &agent_common::PayloadData,
         bytes: &[u8],
         out: &mut Vec<Group>,
     ) {
-        let Some(req) = self.requests.as_mut() else {
+        let Some(req) = self.tracker.as_mut() else {
             return;
         };
         let conns = &mut self.conns;
@@ -188,7 +167,7 @@ impl<R: FdResolver> SpanBuilder<R> {
             h,
             d,
             bytes,
-            http_tuple(d).or_else(|| conns.tuple_of(d.sk)),
+            Tuple::of_payload(d).or_else(|| conns.tuple_of(d.sk)),
             || conns.resolve(h.pid, d.fd),
             &mut outputs,
         );
@@ -227,7 +206,7 @@ impl<R: FdResolver> SpanBuilder<R> {
 
     /// The parent a thread's syscall or connect gets: the request it serves, if any.
     fn thread_parent(&self, tid: u32, start_ns: u64) -> Option<SpanContext> {
-        self.requests
+        self.tracker
             .as_ref()
             .and_then(|r| r.parent_of_thread(tid, start_ns))
     }

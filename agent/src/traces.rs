@@ -3,7 +3,8 @@
 //! Spans of a request trace (its request spans and their children) are held until the trace's
 //! local root ends; then the trace goes to the samplers as one [`Group`]: they decide on the
 //! root, and every span follows that decision with the same threshold (`th`). A span of a trace
-//! already decided ([`Group::Late`]) follows the remembered decision.
+//! already decided ([`Group::Late`]) follows the decision the holder remembers
+//! ([`Holder::record_decision`], [`Holder::decision`]): the one place decisions are kept.
 //!
 //! Bounds: at most `max_spans` spans are held; beyond it, and for traces whose root has not
 //! ended within `max_age`, the oldest trace is released as it is (counted as `released_early`)
@@ -14,7 +15,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use opentelemetry::trace::{SpanContext, TraceId};
 
-use crate::spans::Built;
+use crate::span::Built;
 
 /// Traces whose decision is remembered for late spans.
 pub const REMEMBERED: usize = 65_536;
@@ -84,13 +85,16 @@ pub struct HoldCounts {
     pub traces_completed: u64,
 }
 
-pub struct Holder {
+/// Held traces, and the decisions of traces released (of type `D`, recorded by whoever
+/// decides).
+pub struct Holder<D: Copy> {
     held: HashMap<TraceId, Held>,
     order: VecDeque<TraceId>,
     total: usize,
     max_spans: usize,
     max_age_ns: u64,
-    decided: Recent<()>,
+    /// Traces released: `None` until their decision is recorded.
+    decided: Recent<Option<D>>,
     pub counts: HoldCounts,
 }
 
@@ -106,8 +110,8 @@ fn retrace(span: &mut opentelemetry_sdk::trace::SpanData, t: TraceId) {
     );
 }
 
-impl Holder {
-    pub fn new(max_spans: usize, max_age: std::time::Duration) -> Holder {
+impl<D: Copy> Holder<D> {
+    pub fn new(max_spans: usize, max_age: std::time::Duration) -> Holder<D> {
         Holder {
             held: HashMap::new(),
             order: VecDeque::new(),
@@ -267,7 +271,17 @@ impl Holder {
     }
 
     fn remember(&mut self, t: TraceId) {
-        self.decided.insert(t, ());
+        self.decided.insert(t, None);
+    }
+
+    /// Trace `t` (released as a [`Group::Trace`]) was decided `d`.
+    pub fn record_decision(&mut self, t: TraceId, d: D) {
+        self.decided.insert(t, Some(d));
+    }
+
+    /// The decision recorded for trace `t`, while it is remembered.
+    pub fn decision(&self, t: &TraceId) -> Option<D> {
+        self.decided.get(t).copied().flatten()
     }
 }
 
@@ -332,7 +346,7 @@ mod tests {
 
     #[test]
     fn a_trace_is_held_until_its_root_and_merges_move_spans() {
-        let mut h = Holder::new(100, Duration::from_secs(30));
+        let mut h = Holder::<bool>::new(100, Duration::from_secs(30));
         let mut out = Vec::new();
         h.push(span(9, 1, SpanKind::Internal), &mut out);
         assert_eq!(out.len(), 1, "not held: passed on alone");
@@ -353,12 +367,15 @@ mod tests {
         // A late span of a decided trace follows its decision.
         h.push(span(1, 5, SpanKind::Internal), &mut out);
         assert!(matches!(&out[0], Group::Late { trace, .. } if *trace == TraceId::from(1)));
+        assert_eq!(h.decision(&TraceId::from(1)), None, "not recorded yet");
+        h.record_decision(TraceId::from(1), true);
+        assert_eq!(h.decision(&TraceId::from(1)), Some(true));
         assert_eq!(h.counts.traces_completed, 1);
     }
 
     #[test]
     fn held_traces_are_released_by_age_and_by_room() {
-        let mut h = Holder::new(2, Duration::from_nanos(100));
+        let mut h = Holder::<bool>::new(2, Duration::from_nanos(100));
         let mut out = Vec::new();
         h.begin(TraceId::from(1), 0);
         h.push(span(1, 1, SpanKind::Server), &mut out);

@@ -1,5 +1,8 @@
 //! Helpers shared by the privileged test binaries.
 #![allow(dead_code)]
+pub mod nginx;
+pub mod otlp;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -312,4 +315,12 @@ pub fn http_client(args: &[&str]) -> Value {
         .expect("python3");
     assert!(out.status.success(), "{args:?}: {out:?}");
     serde_json::from_slice(&out.stdout).expect("client JSON")
+}
+
+/// The master and both workers of an nginx started with two workers.
+pub fn nginx_pids(n: &nginx::Nginx) -> std::collections::HashSet<i64> {
+    let mut pids: std::collections::HashSet<i64> = n.workers().into_iter().map(i64::from).collect();
+    assert_eq!(pids.len(), 2, "two nginx workers");
+    pids.insert(i64::from(n.master()));
+    pids
 }

@@ -9,23 +9,26 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use agent::{
     clock::WallClock,
     conns::ProcFdResolver,
     decode::RawEvent,
+    l7::tracker::L7Options,
     procinfo::{HostResource, ProcessCache},
-    requests::HttpOptions,
     spans::SpanBuilder,
     traces::Group,
 };
-use agent_common::{EventHeader, HttpData, HTTP_FLAG_START, HTTP_FLAG_WRITE};
+use agent_common::{
+    l7::PROTOCOL_HTTP1, EventHeader, PayloadData, PAYLOAD_FLAG_START, PAYLOAD_FLAG_WRITE,
+};
 use anyhow::{bail, Context};
 
 use crate::{
     export::{cpu_seconds, kspan_bin, require_kspan_bin, start_receiver},
+    nginx::Nginx,
     overhead::{median, thread_cpu},
 };
 
@@ -46,56 +49,6 @@ pub struct Args {
     /// Requests fed to the userspace path.
     #[arg(long, default_value_t = 500_000)]
     requests: u64,
-}
-
-struct Nginx {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(port: u16) -> anyhow::Result<Nginx> {
-        let dir = std::env::temp_dir().join(format!("kspan-bench-nginx-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("logs"))?;
-        let conf = dir.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; server {{ listen 127.0.0.1:{port}; \
-                 location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-                d = dir.display()
-            ),
-        )?;
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(&dir)
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("nginx (KSPAN_SETUP_BENCH=1 scripts/setup installs it)")?;
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                bail!("nginx did not listen");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Nginx { child, dir })
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: kill with a valid pid and signal.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -191,7 +144,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     require_kspan_bin()?;
     let port = free_port()?;
-    let _nginx = Nginx::start(port)?;
+    let _nginx = Nginx::start(port, 1)?;
     /// kspan's extra arguments and whether it exports over OTLP; `None`: no tracing.
     type Setup<'a> = Option<(&'a [&'a str], bool)>;
     let setups: [(&str, Setup); 4] = [
@@ -226,7 +179,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     let summary = agent.stop()?;
                     rps.push(v);
                     cpu.push(c * 1e6 / (v * a.seconds as f64));
-                    spans.push(summary["http"]["server_spans"].as_f64().unwrap_or(0.0));
+                    spans.push(summary["requests"]["server_spans"].as_f64().unwrap_or(0.0));
                     let dropped: f64 = summary["dropped"]
                         .as_object()
                         .map(|m| {
@@ -271,7 +224,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 fn userspace(n: u64) -> anyhow::Result<()> {
     let procs = ProcessCache::new(HostResource { attributes: vec![] }, Default::default());
     let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default())
-        .with_http(HttpOptions::default());
+        .with_l7(L7Options::default());
     let mut sampler = agent::config::default_sampling()
         .map(|c| agent::sampling::Pipeline::new(&c))
         .transpose()?
@@ -280,7 +233,7 @@ fn userspace(n: u64) -> anyhow::Result<()> {
     let resp = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n";
     let pid = std::process::id();
     let record = |sk: u64, write: bool, t: u64, bytes: &[u8], local: u16, remote: u16| {
-        let mut d = HttpData {
+        let mut d = PayloadData {
             sk,
             fd: 5,
             len: bytes.len() as u64,
@@ -289,14 +242,15 @@ fn userspace(n: u64) -> anyhow::Result<()> {
             family: libc::AF_INET as u16,
             sport: local,
             dport: remote,
+            protocol: PROTOCOL_HTTP1,
             ..Default::default()
         };
         d.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
         d.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        RawEvent::Http(
+        RawEvent::Payload(
             EventHeader {
-                kind: 5,
-                flags: HTTP_FLAG_START | if write { HTTP_FLAG_WRITE } else { 0 },
+                kind: agent_common::EventKind::Payload as u32,
+                flags: PAYLOAD_FLAG_START | if write { PAYLOAD_FLAG_WRITE } else { 0 },
                 pid,
                 tid: pid + (sk % 4) as u32,
                 start_ns: t,

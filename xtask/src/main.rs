@@ -3,6 +3,10 @@
 mod analyze;
 mod export;
 mod http;
+// The tests' nginx launcher, so benchmarks and tests run the same server.
+#[path = "../../tests/common/nginx.rs"]
+#[expect(dead_code, reason = "the tests read its pids; the benchmarks do not")]
+mod nginx;
 mod overhead;
 
 use clap::{Parser, Subcommand};

@@ -258,7 +258,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "kspan events + HTTP capture (1024-byte prefix; what kspan run loads)",
             CaptureConfig {
                 starts: StartsTable::Array,
-                http_prefix: 1024,
+                payload_prefix: agent::l7::DEFAULT_PREFIX_BYTES,
                 ..base.clone()
             },
         ),

@@ -7,10 +7,11 @@ use std::{
 use clap::Args;
 use serde::Serialize;
 
-use super::{parse_duration, FilterArgs};
+use super::{parse_duration, CaptureArgs};
 use crate::{
-    capture::{self, Capture, CaptureConfig, CaptureError, KernelCounters},
+    capture::{self, Capture, CaptureError, KernelCounters},
     clock::WallClock,
+    config::{Config, ConfigError},
     decode,
     event::JsonEvent,
     source::RingReady,
@@ -18,38 +19,16 @@ use crate::{
 
 #[derive(Debug, Args, Clone)]
 pub struct EventsArgs {
+    /// What to capture; transfers on sockets of an L7 protocol are reported with `kind` the
+    /// protocol's name (`"http"`), unless `--l7 off`.
     #[command(flatten)]
-    pub filter: FilterArgs,
+    pub capture: CaptureArgs,
     /// Stop after this long (e.g. 10s); default: until SIGINT/SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Syscalls shorter than this are only counted in histograms (failed ones are still
-    /// reported unless --no-failed).
-    #[arg(long, value_parser = parse_duration, default_value = "0")]
-    pub min_duration: Duration,
-    /// Do not report failed syscalls shorter than --min-duration.
-    #[arg(long)]
-    pub no_failed: bool,
-    /// Do not trace syscalls.
-    #[arg(long)]
-    pub no_syscalls: bool,
-    /// Do not trace TCP.
-    #[arg(long)]
-    pub no_tcp: bool,
-    /// Do not report HTTP transfers (`kind: "http"`: reads and writes on TCP sockets that
-    /// carry HTTP/1.x).
-    #[arg(long)]
-    pub no_http: bool,
-    /// Bytes of each HTTP transfer to capture (64 to 4096).
-    #[arg(long, default_value_t = crate::config::DEFAULT_HTTP_PREFIX_BYTES,
-          value_parser = clap::value_parser!(u32).range(64..=agent_common::HTTP_PREFIX_MAX as i64))]
-    pub http_prefix_bytes: u32,
-    /// Ring buffer size in bytes (a power of two, >= 4096).
-    #[arg(long, default_value_t = capture::DEFAULT_RING_BUFFER_BYTES)]
-    pub ring_buffer_bytes: u32,
-    /// How often the ring buffer is drained.
-    #[arg(long, value_parser = parse_duration, default_value = "10ms")]
-    pub drain_interval: Duration,
+    /// How often the ring buffer is drained [default: capture.drain_interval].
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_interval: Option<Duration>,
     /// Wake the reader early when this many bytes wait in the ring buffer (0: timer only;
     /// default: a quarter of the ring buffer).
     #[arg(long)]
@@ -63,6 +42,8 @@ pub struct EventsArgs {
 pub enum EventsError {
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("writing events: {0}")]
     Output(#[source] std::io::Error),
     #[error("setting up signal handling: {0}")]
@@ -110,36 +91,22 @@ impl Summary {
     }
 }
 
-/// Turns the shared filter arguments into a capture config.
-pub fn capture_config(filter: &FilterArgs) -> Result<CaptureConfig, EventsError> {
-    Ok(CaptureConfig::filtered(
-        &filter.pid,
-        &filter.comm,
-        filter.cgroup.as_deref(),
-        &filter.syscalls,
-    )?)
-}
-
 pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
     use tokio::signal::unix::{signal, SignalKind};
 
-    let mut config = capture_config(&args.filter)?;
-    config.min_duration = args.min_duration;
-    config.emit_failed = !args.no_failed;
-    config.tcp = !args.no_tcp;
-    config.ring_buffer_bytes = args.ring_buffer_bytes;
+    // The agent's defaults and checks, but every syscall reported unless asked otherwise.
+    let mut c = Config::default();
+    c.capture.min_duration = Duration::ZERO;
+    args.capture.apply(&mut c);
+    let plan = c.build()?;
+    let mut config = plan.capture;
     config.wakeup_bytes = args.wakeup_bytes;
-    let http = !args.no_http;
-    config.http_prefix = if http { args.http_prefix_bytes } else { 0 };
-    // HTTP capture rides on the syscall programs: with --no-syscalls they still run, quietly.
-    config.emit_syscalls = !args.no_syscalls;
-    config.syscall_hook = match (args.no_syscalls && !http, args.classic_tracepoints) {
-        (true, _) => capture::SyscallHook::Off,
-        (false, true) => capture::SyscallHook::Tracepoint,
-        (false, false) => capture::SyscallHook::RawTracepoint,
-    };
+    if args.classic_tracepoints && config.syscall_hook != capture::SyscallHook::Off {
+        config.syscall_hook = capture::SyscallHook::Tracepoint;
+    }
+    let drain = args.drain_interval.unwrap_or(plan.drain_interval);
     let mut capture = Capture::start(config)?;
-    let mut ready = RingReady::new(&capture, args.drain_interval).map_err(EventsError::RingPoll)?;
+    let mut ready = RingReady::new(&capture, drain).map_err(EventsError::RingPoll)?;
     let clock = WallClock::new();
     let mut sigint = signal(SignalKind::interrupt()).map_err(EventsError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(EventsError::Signal)?;

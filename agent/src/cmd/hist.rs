@@ -7,9 +7,9 @@ use std::{
 
 use clap::Args;
 
-use super::{events::capture_config, parse_duration, FilterArgs};
+use super::{ctrlc_flag, parse_duration, FilterArgs, HistError, TopArgs, TopBy};
 use crate::{
-    capture::{Capture, CaptureError, SyscallHook},
+    capture::{Capture, SyscallHook},
     hist::{fmt_ns, fmt_opt_ns, rows, Comms, Row, Snapshot, SortBy, View},
 };
 
@@ -41,51 +41,6 @@ pub struct HistArgs {
     /// Row order.
     #[arg(long, value_enum, default_value = "time")]
     pub sort: SortBy,
-}
-
-/// `kspan top`: the table alone.
-#[derive(Debug, Args, Clone)]
-pub struct TopArgs {
-    #[command(flatten)]
-    pub filter: FilterArgs,
-    /// Rows are processes, syscalls, or HTTP routes (requests/s, errors, p50, p99 per
-    /// service and `{method} {route}`).
-    #[arg(long, value_enum, default_value = "process")]
-    pub by: TopBy,
-    /// Refresh interval (e.g. 1s, 500ms).
-    #[arg(long, value_parser = parse_duration, default_value = "1s", allow_hyphen_values = true)]
-    pub interval: Duration,
-    #[arg(long)]
-    pub count: Option<u64>,
-    #[arg(long)]
-    pub plain: bool,
-    #[arg(long, conflicts_with = "plain")]
-    pub json: bool,
-    #[arg(long, default_value_t = 20)]
-    pub top: usize,
-    #[arg(long, value_enum, default_value = "time")]
-    pub sort: SortBy,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TopBy {
-    Process,
-    Syscall,
-    Route,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum HistError {
-    #[error(transparent)]
-    Capture(#[from] CaptureError),
-    #[error(transparent)]
-    Events(#[from] super::events::EventsError),
-    #[error("--interval must be more than 0")]
-    Interval,
-    #[error("writing output: {0}")]
-    Output(#[source] std::io::Error),
-    #[error("terminal: {0}")]
-    Terminal(#[source] std::io::Error),
 }
 
 /// How output is made.
@@ -161,7 +116,7 @@ fn start(filter: &FilterArgs, o: &Opts) -> Result<Capture, HistError> {
     if o.interval.is_zero() {
         return Err(HistError::Interval);
     }
-    let mut cc = capture_config(filter)?;
+    let mut cc = filter.capture_config()?;
     cc.syscall_hook = SyscallHook::RawTracepoint;
     cc.emit_syscalls = false;
     cc.emit_failed = false;
@@ -248,23 +203,6 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
             return Ok(());
         }
     }
-}
-
-/// SIGINT/SIGTERM set a flag (the loop checks it every 20 ms).
-pub(super) fn ctrlc_flag() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
-    use std::sync::{atomic::AtomicBool, Arc};
-    let flag = Arc::new(AtomicBool::new(false));
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        signal_hook_registry(sig, flag.clone())?;
-    }
-    Ok(flag)
-}
-
-fn signal_hook_registry(
-    sig: i32,
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<()> {
-    signal_hook::flag::register(sig, flag).map(|_| ())
 }
 
 fn now_rfc3339() -> String {

@@ -1,8 +1,8 @@
 //! `kspan top --by route`: HTTP requests per route, refreshed: rate, errors, p50 and p99.
 //!
-//! The kernel copies the first bytes of HTTP transfers (as for `kspan run`); requests are
-//! rebuilt with [`crate::requests::Requests`] and counted per (service, kind, route) here. No
-//! spans are exported.
+//! The kernel copies the first bytes of L7 transfers (as for `kspan run`); requests are
+//! rebuilt with [`crate::l7::tracker::Tracker`] and counted per (service, kind, route) here.
+//! No spans are exported.
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -13,15 +13,18 @@ use std::{
 use opentelemetry::trace::{SpanKind, Status};
 use serde::Serialize;
 
-use super::hist::{HistError, TopArgs};
+use super::{ctrlc_flag, HistError, TopArgs};
 use crate::{
-    analyze::nearest_rank,
     capture::{Capture, SyscallHook},
-    config::DEFAULT_HTTP_PREFIX_BYTES,
+    conns::Tuple,
     decode::{decode, RawEvent},
     hist::fmt_ns,
+    l7::{
+        tracker::{L7Options, Output, Tracker},
+        DEFAULT_PREFIX_BYTES,
+    },
     procinfo::{HostResource, ProcessCache},
-    requests::{HttpOptions, Output, Requests},
+    quantile::nearest_rank,
 };
 
 /// How often the ring buffer is drained between refreshes.
@@ -88,17 +91,17 @@ pub fn run(a: &TopArgs) -> Result<(), HistError> {
     if a.interval.is_zero() {
         return Err(HistError::Interval);
     }
-    let mut cc = super::events::capture_config(&a.filter)?;
-    cc.syscall_hook = SyscallHook::RawTracepoint;
+    let mut cc = a.filter.capture_config()?;
+    cc.syscall_hook = SyscallHook::Off;
     cc.emit_syscalls = false;
     cc.emit_failed = false;
     cc.tcp = false;
     cc.emit_tcp = false;
-    cc.http_prefix = DEFAULT_HTTP_PREFIX_BYTES;
+    cc.capture_payloads(DEFAULT_PREFIX_BYTES);
     let mut capture = Capture::start(cc)?;
-    let stop = super::hist::ctrlc_flag().map_err(HistError::Terminal)?;
+    let stop = ctrlc_flag().map_err(HistError::Terminal)?;
     eprintln!("kspan: following HTTP requests; stop with Ctrl-C");
-    let mut requests = Requests::new(HttpOptions::default());
+    let mut requests = Tracker::new(L7Options::default());
     let mut procs = ProcessCache::new(HostResource { attributes: vec![] }, BTreeMap::new());
     let mut acc: BTreeMap<(String, &'static str, String), Acc> = BTreeMap::new();
     let mut out = Vec::new();
@@ -108,8 +111,8 @@ pub fn run(a: &TopArgs) -> Result<(), HistError> {
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         capture.drain(|b| {
-            if let Ok(RawEvent::Http(h, d, bytes)) = decode(b) {
-                let known = crate::spans::http_tuple(&d);
+            if let Ok(RawEvent::Payload(h, d, bytes)) = decode(b) {
+                let known = Tuple::of_payload(&d);
                 requests.on_record(&h, &d, &bytes, known, || None, &mut out);
             }
         });

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{parse_duration, FilterArgs};
+use super::{parse_duration, CaptureArgs, Switch};
 use crate::{
     config::{Compression, Config, ConfigError, ExporterKind, Protocol},
     pipeline::{self, RunSummary},
@@ -17,22 +17,7 @@ pub struct RunArgs {
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub filter: FilterArgs,
-    /// Syscalls shorter than this become no span (only histogram counts) [default: 1ms].
-    #[arg(long, value_parser = parse_duration)]
-    pub min_duration: Option<Duration>,
-    /// No spans for failed syscalls shorter than --min-duration.
-    #[arg(long)]
-    pub no_failed: bool,
-    /// No syscall spans.
-    #[arg(long)]
-    pub no_syscalls: bool,
-    /// No TCP spans.
-    #[arg(long)]
-    pub no_tcp: bool,
-    /// Ring buffer size in bytes (a power of two, >= 4096).
-    #[arg(long)]
-    pub ring_buffer_bytes: Option<u32>,
+    pub capture: CaptureArgs,
     /// Where spans go [default: otlp when an endpoint is set, else stdout].
     #[arg(long, value_enum)]
     pub exporter: Option<ExporterKind>,
@@ -95,10 +80,6 @@ pub struct RunArgs {
     /// spans/s per key; see --print-config).
     #[arg(long, value_enum)]
     pub sampling: Option<Switch>,
-    /// HTTP/1.x request spans (SERVER and CLIENT, joined into traces across processes on
-    /// this host): `on` (the default) or `off`; see the config's `http:` section.
-    #[arg(long, value_enum)]
-    pub http: Option<Switch>,
     /// Collect for this long (e.g. 30s), then print a bottleneck report (as `kspan analyze`)
     /// instead of exporting; no collector needed.
     #[arg(long, value_parser = parse_duration, conflicts_with = "duration")]
@@ -129,12 +110,12 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     tls: {ca_file: ca.pem, cert_file: client.pem, key_file: client-key.pem}
   pipeline:
     batch_size: 512         batch_timeout: 1s     queue_spans: 16384
-    retry_max_elapsed: 60s  shutdown_timeout: 5s
+    retry_max_elapsed: 1m   shutdown_timeout: 5s
   resource:
     attributes: {deployment.environment: prod}
     service_names: {nginx: web-frontend}
   metrics:
-    addr: 127.0.0.1:9464    log_interval: 60s
+    addr: 127.0.0.1:9464    log_interval: 1m
   governor:                 # optional: a CPU budget for kspan itself
     cpu_budget_percent: 5   max_min_duration: 1s
   http:                     # HTTP/1.x request spans from socket reads and writes
@@ -148,12 +129,6 @@ Unset exporter keys fall back to OTEL_EXPORTER_OTLP_{TRACES_,}{ENDPOINT,PROTOCOL
 COMPRESSION,TIMEOUT,CERTIFICATE,CLIENT_CERTIFICATE,CLIENT_KEY}; OTEL_RESOURCE_ATTRIBUTES is
 added to every resource.
 Metrics: GET /metrics (Prometheus), /healthz, /readyz on metrics.addr.";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Switch {
-    On,
-    Off,
-}
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -182,34 +157,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
-    let f = &args.filter;
-    if !f.pid.is_empty() {
-        c.capture.pids = f.pid.clone();
-    }
-    if !f.comm.is_empty() {
-        c.capture.comms = f.comm.clone();
-    }
-    if f.cgroup.is_some() {
-        c.capture.cgroup = f.cgroup.clone();
-    }
-    if !f.syscalls.is_empty() {
-        c.capture.syscalls = f.syscalls.clone();
-    }
-    if let Some(d) = args.min_duration {
-        c.capture.min_duration = d;
-    }
-    if args.no_failed {
-        c.capture.failed_syscalls = false;
-    }
-    if args.no_syscalls {
-        c.capture.syscall_spans = false;
-    }
-    if args.no_tcp {
-        c.capture.tcp = false;
-    }
-    if let Some(b) = args.ring_buffer_bytes {
-        c.capture.ring_buffer_bytes = b;
-    }
+    args.capture.apply(&mut c);
     let e = &mut c.exporter;
     if args.exporter.is_some() {
         e.kind = args.exporter;
@@ -273,9 +221,6 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
         Some(Switch::On) if c.sampling.is_none() => c.sampling = crate::config::default_sampling(),
         _ => {}
     }
-    if let Some(h) = args.http {
-        c.http.enabled = h == Switch::On;
-    }
     for (k, v) in &args.service_names {
         c.resource.service_names.insert(k.clone(), v.clone());
     }
@@ -303,7 +248,7 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         return Ok(Some(summary));
     };
     let store = std::sync::Arc::new(std::sync::Mutex::new(crate::analyze::Store::new()));
-    let sink = Box::new(crate::sink::AnalyzeSink(store.clone()));
+    let sink = Box::new(crate::analyze::AnalyzeSink(store.clone()));
     let desc = format!(
         "the report of --analyze, in {}",
         crate::duration::format(window)
@@ -376,6 +321,50 @@ mod tests {
         assert_eq!(c.capture.min_duration, Duration::from_millis(5));
         assert_eq!(c.metrics.addr, None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every default CONFIG_HELP shows is `Config::default()`'s (keys with no default show
+    /// examples, and lists and maps are examples too).
+    #[test]
+    fn config_help_shows_the_defaults() {
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut section: Option<&str> = None;
+        let mut checked = 0;
+        for line in CONFIG_HELP.lines() {
+            let text = line.split('#').next().unwrap_or_default();
+            if text.trim().is_empty() {
+                if !line.starts_with("  ") {
+                    section = None;
+                }
+                continue;
+            }
+            let tokens: Vec<&str> = text.split_whitespace().collect();
+            if line.starts_with("  ") && !line.starts_with("   ") {
+                section = tokens.first().and_then(|t| t.strip_suffix(':'));
+                if tokens.len() < 2 {
+                    continue;
+                }
+            }
+            let Some(sec) = section else { continue };
+            for w in tokens.windows(2) {
+                let Some(key) = w[0].strip_suffix(':') else {
+                    continue;
+                };
+                if !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') || key == sec {
+                    continue;
+                }
+                let shown = w[1].trim_end_matches(',');
+                let default = match &defaults[sec][key] {
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    _ => continue,
+                };
+                assert_eq!(shown, default, "CONFIG_HELP shows {sec}.{key}: {shown}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "only {checked} defaults checked");
     }
 
     #[test]

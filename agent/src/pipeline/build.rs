@@ -15,11 +15,11 @@ use super::{queue::QueueTx, MAX_CHUNK};
 use crate::{
     conns::ProcFdResolver,
     decode::RawEvent,
-    event::kind_name,
     metrics::{DropReason, Stats},
     sampling::{Outcome, Pipeline as Sampler},
     spans::{Built, SpanBuilder},
-    traces::{Group, Recent, REMEMBERED},
+    traces::Group,
+    wire::kind_name,
 };
 
 /// How often the budget's spend is written to its state file (and once at exit).
@@ -39,8 +39,6 @@ pub async fn run(
             log::warn!("sampling.budget.state_file: {e}");
         }
     };
-    // Decisions of whole traces, remembered for their late spans.
-    let mut decisions: Recent<Option<Outcome>> = Recent::new(REMEMBERED);
     let mut groups = Vec::new();
     loop {
         // Held traces are released by age even when no events come.
@@ -59,17 +57,15 @@ pub async fn run(
                 }
                 builder.process(ev, &mut groups);
             }
-            send(&mut groups, &mut sampler, &mut decisions, &tx, &stats);
+            send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
         }
         builder.expire(&mut groups);
-        send(&mut groups, &mut sampler, &mut decisions, &tx, &stats);
+        send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
         for (k, n) in KINDS.iter().zip(by_kind) {
             stats.add_events(kind_name(*k), n);
         }
         stats.set_open_connections(builder.open_connections());
-        if let Some(c) = builder.request_counts() {
-            stats.set_requests(&c, &builder.hold_counts(), builder.held_spans());
-        }
+        report_requests(&builder, &stats);
         if let Some(b) = sampler
             .as_ref()
             .and_then(|p| p.budget_status(crate::clock::unix_now_ns()))
@@ -82,11 +78,16 @@ pub async fn run(
         }
     }
     builder.drain(&mut groups);
-    send(&mut groups, &mut sampler, &mut decisions, &tx, &stats);
-    if let Some(c) = builder.request_counts() {
-        stats.set_requests(&c, &builder.hold_counts(), builder.held_spans());
-    }
+    send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
+    report_requests(&builder, &stats);
     save(&sampler);
+}
+
+/// What the request tracker and the trace holder counted, to the metrics.
+fn report_requests(builder: &SpanBuilder<ProcFdResolver>, stats: &Stats) {
+    if let (Some(c), Some(p)) = (builder.request_counts(), builder.protocol_counts()) {
+        stats.set_requests(&c, p, &builder.hold_counts(), builder.held_spans());
+    }
 }
 
 const KINDS: [EventKind; 5] = [
@@ -94,7 +95,7 @@ const KINDS: [EventKind; 5] = [
     EventKind::TcpConnect,
     EventKind::TcpAccept,
     EventKind::TcpClose,
-    EventKind::Http,
+    EventKind::Payload,
 ];
 
 /// How often held traces are checked for age when no events arrive.
@@ -104,7 +105,7 @@ const EXPIRE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 fn send(
     groups: &mut Vec<Group>,
     sampler: &mut Option<Sampler>,
-    decisions: &mut Recent<Option<Outcome>>,
+    builder: &mut SpanBuilder<ProcFdResolver>,
     tx: &QueueTx<Built>,
     stats: &Stats,
 ) {
@@ -131,12 +132,12 @@ fn send(
             }
             Group::Trace { spans, root } => {
                 let o = sampler.as_mut().map(|p| trace_outcome(p, &spans, root));
-                decisions.insert(spans[root].span.span_context.trace_id(), o);
+                builder.record_decision(spans[root].span.span_context.trace_id(), o);
                 (spans, o)
             }
             Group::Late { spans, trace } => {
-                let o = match decisions.get(&trace) {
-                    Some(o) => *o,
+                let o = match builder.decision(&trace) {
+                    Some(o) => o,
                     None => sampler.as_mut().map(|p| p.decide(&spans[0])),
                 };
                 (spans, o)

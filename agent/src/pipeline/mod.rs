@@ -91,7 +91,7 @@ pub async fn run_with(
         pipeline,
         resource,
         metrics: metrics_cfg,
-        http,
+        l7,
     } = plan;
     // Before anything is attached or served: a state file kspan cannot use stops it here.
     if let Some(p) = sampler.as_mut() {
@@ -141,8 +141,8 @@ pub async fn run_with(
     )
     .with_pods(pods);
     let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
-    if let Some(opts) = http {
-        builder = builder.with_http(opts);
+    if let Some(opts) = l7 {
+        builder = builder.with_l7(opts);
     }
     let build_task = tokio::spawn(build::run(
         builder,

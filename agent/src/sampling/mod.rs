@@ -26,7 +26,9 @@ use self::{
     budget::{Budget, BudgetConfig, BudgetStatus},
     rules::{RuleSampler, RulesConfig},
 };
-use crate::spans::{attr, Built};
+
+/// The attribute a kept span carries naming the rule (or stage) that decided it.
+pub const SAMPLING_RULE_ATTR: &str = "kspan.sampling.rule";
 
 /// A span attribute value, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,7 +64,7 @@ pub trait SpanView {
     }
 }
 
-fn attr_value(v: &opentelemetry::Value) -> Option<AttrValue<'_>> {
+pub fn attr_value(v: &opentelemetry::Value) -> Option<AttrValue<'_>> {
     Some(match v {
         opentelemetry::Value::String(s) => AttrValue::Str(s.as_str()),
         opentelemetry::Value::I64(i) => AttrValue::Int(*i),
@@ -180,67 +182,6 @@ impl SpanView for PlainSpan {
     }
     fn size_estimate(&self) -> u64 {
         200
-    }
-}
-
-impl SpanView for Built {
-    fn name(&self) -> &str {
-        &self.span.name
-    }
-    fn kind_code(&self) -> i64 {
-        kind_code(&self.span.span_kind)
-    }
-    fn status_code(&self) -> i64 {
-        match self.span.status {
-            opentelemetry::trace::Status::Unset => 0,
-            opentelemetry::trace::Status::Ok => 1,
-            opentelemetry::trace::Status::Error { .. } => 2,
-        }
-    }
-    fn duration_ns(&self) -> u64 {
-        self.span
-            .end_time
-            .duration_since(self.span.start_time)
-            .map_or(0, |d| d.as_nanos() as u64)
-    }
-    fn end_unix_ns(&self) -> u64 {
-        self.span
-            .end_time
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    }
-    fn trace_id(&self) -> [u8; 16] {
-        self.span.span_context.trace_id().to_bytes()
-    }
-    fn span_id(&self) -> [u8; 8] {
-        self.span.span_context.span_id().to_bytes()
-    }
-    fn attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        self.span
-            .attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .and_then(|kv| attr_value(&kv.value))
-    }
-    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        self.resource
-            .resource
-            .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .and_then(|(_, v)| attr_value(v))
-    }
-    fn service_name(&self) -> &str {
-        &self.resource.service_name
-    }
-    fn size_estimate(&self) -> u64 {
-        // Ids, times, kind, status and framing, plus names and values.
-        let attrs: usize = self
-            .span
-            .attributes
-            .iter()
-            .map(|kv| kv.key.as_str().len() + 12)
-            .sum();
-        (64 + self.span.name.len() + attrs) as u64
     }
 }
 
@@ -444,7 +385,7 @@ pub fn annotate(span: &mut opentelemetry_sdk::trace::SpanData, o: &Outcome, deci
         }
     }
     span.attributes
-        .push(KeyValue::new(attr::SAMPLING_RULE, decider.to_string()));
+        .push(KeyValue::new(SAMPLING_RULE_ATTR, decider.to_string()));
 }
 
 #[cfg(test)]

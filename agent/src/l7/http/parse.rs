@@ -1,5 +1,5 @@
 //! HTTP/1.x exchanges rebuilt from the syscalls that moved a connection's bytes (the first
-//! stage of request spans; [`crate::requests`] makes the spans).
+//! stage of HTTP request spans; [`crate::l7::tracker`] makes the spans).
 //!
 //! The input is one [`Io`] per read or write on a socket: its direction, start and end times,
 //! the bytes the kernel captured (a bounded prefix of what moved) and how many bytes moved.
@@ -14,24 +14,9 @@
 //! is counted and ignored. Parsing is `httparse`'s; nothing here panics on any input.
 use std::collections::VecDeque;
 
-/// Direction of a transfer, from the traced process's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dir {
-    Read,
-    Write,
-}
+use agent_common::l7::{HTTP1_METHODS, HTTP1_RESPONSE};
 
-/// One syscall's transfer.
-#[derive(Debug, Clone, Copy)]
-pub struct Io<'a> {
-    pub dir: Dir,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    /// The captured prefix of the bytes moved (at most `len` of them).
-    pub data: &'a [u8],
-    /// Bytes the syscall moved.
-    pub len: u64,
-}
+use crate::l7::{Dir, Io, ParseCounts as Counts, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -61,35 +46,11 @@ pub struct Response {
     pub end_ns: u64,
 }
 
-/// Which end of the connection the traced process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// It read the request and wrote the response.
-    Server,
-    /// It wrote the request and read the response.
-    Client,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
     pub role: Role,
     pub request: Request,
     pub response: Response,
-}
-
-/// What the parser saw and gave up, for the drop counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Counts {
-    pub requests: u64,
-    pub responses: u64,
-    /// Message starts that were not HTTP/1.x (or not parsable).
-    pub not_http: u64,
-    /// Messages whose headers the capture prefix cut off.
-    pub truncated: u64,
-    /// Responses with no request waiting for them.
-    pub unmatched: u64,
-    /// Requests never answered before the connection closed.
-    pub unanswered: u64,
 }
 
 /// Most header bytes kept while a message's headers arrive over several transfers.
@@ -99,26 +60,14 @@ const MAX_HEADERS: usize = 64;
 /// Requests waiting for their responses (pipelining depth) before the oldest is given up.
 const MAX_PENDING: usize = 64;
 
-const METHODS: [&[u8]; 9] = [
-    b"GET ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"HEAD ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-];
-
 /// Whether bytes start like an HTTP/1.x request: a method and a space.
 pub fn looks_like_request(data: &[u8]) -> bool {
-    METHODS.iter().any(|m| data.starts_with(m))
+    HTTP1_METHODS.iter().any(|m| data.starts_with(m))
 }
 
 /// Whether bytes start like an HTTP/1.x response.
 pub fn looks_like_response(data: &[u8]) -> bool {
-    data.starts_with(b"HTTP/1.")
+    data.starts_with(HTTP1_RESPONSE)
 }
 
 /// Where one direction of the connection is.
@@ -190,12 +139,25 @@ impl HttpConn {
         let next = match state {
             State::Body { remaining } if remaining > 0 => {
                 self.extend(io);
-                let left = remaining.saturating_sub(io.len);
-                if left == 0 {
-                    self.message_done(io.dir, io.end_ns, &mut done);
-                    State::Idle
+                if io.len < remaining {
+                    State::Body {
+                        remaining: remaining - io.len,
+                    }
                 } else {
-                    State::Body { remaining: left }
+                    self.message_done(io.dir, io.end_ns, &mut done);
+                    // The same transfer may carry the next message(s) after the body (a
+                    // buffered reader gets a body's end and the next response at once).
+                    let at = remaining as usize;
+                    if io.len == remaining {
+                        State::Idle
+                    } else if at < data.len() {
+                        let rest = data[at..].to_vec();
+                        self.start_message(io, &rest, io.start_ns, fully_captured, &mut done)
+                    } else {
+                        // The next message started beyond the captured bytes.
+                        self.counts.truncated += 1;
+                        State::Lost
+                    }
                 }
             }
             State::Chunked if !self.starts_message(data) => {
@@ -278,10 +240,7 @@ impl HttpConn {
     }
 
     fn direction_of_requests(&self) -> Option<Dir> {
-        self.role.map(|r| match r {
-            Role::Server => Dir::Read,
-            Role::Client => Dir::Write,
-        })
+        self.role.map(Role::request_dir)
     }
 
     /// The message moving in `dir` is complete at `end_ns`.
@@ -362,12 +321,12 @@ impl HttpConn {
                         self.counts.truncated += 1;
                         self.accept(io.dir, head, done);
                     } else {
-                        self.counts.not_http += 1;
+                        self.counts.not_parsed += 1;
                     }
                     return State::Lost;
                 }
                 Parsed::NotHttp => {
-                    self.counts.not_http += 1;
+                    self.counts.not_parsed += 1;
                     return State::Lost;
                 }
             }
@@ -380,11 +339,7 @@ impl HttpConn {
             Head::Request(mut r, _) => {
                 r.seq = self.counts.requests;
                 self.counts.requests += 1;
-                let role = match dir {
-                    Dir::Read => Role::Server,
-                    Dir::Write => Role::Client,
-                };
-                self.role.get_or_insert(role);
+                self.role.get_or_insert(Role::of_request(dir));
                 if self.pending.len() >= MAX_PENDING {
                     self.pending.pop_front();
                     self.counts.unanswered += 1;
@@ -395,12 +350,7 @@ impl HttpConn {
                 self.counts.responses += 1;
                 // A response without a length before this one ends here.
                 self.message_done(dir, r.start_ns, done);
-                if self.role.is_none() {
-                    self.role = Some(match dir {
-                        Dir::Read => Role::Client,
-                        Dir::Write => Role::Server,
-                    });
-                }
+                self.role.get_or_insert(Role::of_response(dir));
                 self.response = Some(r);
             }
         }
@@ -585,12 +535,17 @@ mod tests {
     use super::*;
 
     fn io(dir: Dir, t: u64, data: &[u8]) -> Io<'_> {
+        moved(dir, t, t + 5, data, data.len() as u64)
+    }
+
+    /// A transfer of `len` bytes of which `data` were captured, over [start, end].
+    fn moved(dir: Dir, start_ns: u64, end_ns: u64, data: &[u8], len: u64) -> Io<'_> {
         Io {
             dir,
-            start_ns: t,
-            end_ns: t + 5,
+            start_ns,
+            end_ns,
             data,
-            len: data.len() as u64,
+            len,
         }
     }
 
@@ -668,6 +623,36 @@ mod tests {
         assert_eq!(d[0].response.status, 500);
     }
 
+    /// A buffered client reads a response's head, then its body's end and the next
+    /// (pipelined) response in one read: both are paired.
+    #[test]
+    fn a_body_and_the_next_message_in_one_transfer() {
+        let mut c = HttpConn::new();
+        c.on_io(&io(
+            Dir::Write,
+            1,
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        ));
+        let d = c.on_io(&io(
+            Dir::Read,
+            2,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n",
+        ));
+        assert!(d.is_empty());
+        let d = c.on_io(&io(
+            Dir::Read,
+            3,
+            b"ok \nHTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nno \n",
+        ));
+        assert_eq!(
+            d.iter()
+                .map(|e| (e.request.target.as_str(), e.response.status))
+                .collect::<Vec<_>>(),
+            vec![("/a", 200), ("/b", 404)]
+        );
+        assert_eq!(c.counts.unanswered, 0);
+    }
+
     #[test]
     fn a_chunked_response_ends_at_its_last_chunk() {
         let mut c = HttpConn::new();
@@ -721,21 +706,15 @@ mod tests {
         c.on_io(&io(Dir::Read, 1, b"GET / HTTP/1.1\r\n\r\n"));
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
         // 64 KiB moved, the first bytes captured.
-        let w = Io {
-            dir: Dir::Write,
-            start_ns: 2,
-            end_ns: 3,
-            data: head,
-            len: 65_536,
-        };
+        let w = moved(Dir::Write, 2, 3, head, 65_536);
         assert!(c.on_io(&w).is_empty());
-        let rest = Io {
-            dir: Dir::Write,
-            start_ns: 4,
-            end_ns: 5,
-            data: b"xxxx",
-            len: 100_000 - (65_536 - head.len() as u64),
-        };
+        let rest = moved(
+            Dir::Write,
+            4,
+            5,
+            b"xxxx",
+            100_000 - (65_536 - head.len() as u64),
+        );
         let d = c.on_io(&rest);
         assert_eq!(d[0].response.end_ns, 5);
     }
@@ -744,13 +723,7 @@ mod tests {
     fn a_head_cut_off_by_the_capture_keeps_its_first_line() {
         let mut c = HttpConn::new();
         let long = b"GET /very/long HTTP/1.1\r\nCookie: aaaaaaaa";
-        let r = Io {
-            dir: Dir::Read,
-            start_ns: 1,
-            end_ns: 2,
-            data: long,
-            len: 4000,
-        };
+        let r = moved(Dir::Read, 1, 2, long, 4000);
         c.on_io(&r);
         assert_eq!(c.counts.truncated, 1);
         let d = c.on_io(&io(
@@ -784,7 +757,7 @@ mod tests {
             .is_empty());
         // Not a message start while lost: skipped, not counted again.
         assert!(c.on_io(&io(Dir::Read, 3, b"more bytes")).is_empty());
-        assert_eq!(c.counts.not_http, 2);
+        assert_eq!(c.counts.not_parsed, 2);
         assert_eq!(c.counts.requests, 0);
         let d = c.on_io(&io(
             Dir::Write,

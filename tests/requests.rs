@@ -1,0 +1,636 @@
+//! End to end, request spans (L7): uninstrumented HTTP servers and clients (nginx, Python,
+//! curl, ab) become SERVER and CLIENT spans, chains of services on one host become one trace,
+//! traces are sampled whole, and `kspan analyze` finds the slow and the failing service.
+//!
+//! Run as root, one at a time: `cargo test -p agent --test requests -- --test-threads=1`.
+use std::{
+    collections::{HashMap, HashSet},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+
+mod common;
+
+use common::{
+    free_port, http_client,
+    nginx::Nginx,
+    nginx_pids,
+    otlp::{dropped_total, one, Receiver, Run},
+    require_root, tempdir, HttpService, KspanProc, HTTP_SERVICE, KSPAN,
+};
+
+/// Spans grouped by trace id.
+fn by_trace(spans: &[Value]) -> HashMap<&str, Vec<&Value>> {
+    let mut traces: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for s in spans {
+        traces
+            .entry(s["trace_id"].as_str().unwrap())
+            .or_default()
+            .push(s);
+    }
+    traces
+}
+
+fn attr<'a>(s: &'a Value, k: &str) -> &'a Value {
+    &s["attributes"][k]
+}
+
+fn pid_of(s: &Value) -> i64 {
+    s["resource"]["process.pid"].as_i64().unwrap_or(-1)
+}
+
+const SERVER: i64 = 2;
+
+const CLIENT: i64 = 3;
+
+fn requests(spans: &[Value], kind: i64) -> Vec<&Value> {
+    spans
+        .iter()
+        .filter(|s| s["kind"] == kind && !attr(s, "http.request.method").is_null())
+        .collect()
+}
+
+/// Every span whose parent is in `trace` has that parent in the list (nothing orphaned); the
+/// roots (no parent, or a remote parent from `traceparent`) are returned.
+fn check_tree<'a>(trace: &[&'a Value], remote_parent: Option<&str>) -> Vec<&'a Value> {
+    let ids: HashSet<&str> = trace
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap())
+        .collect();
+    let mut roots = Vec::new();
+    for s in trace {
+        let p = s["parent_span_id"].as_str().unwrap();
+        if p.is_empty() || Some(p) == remote_parent {
+            roots.push(*s);
+        } else {
+            assert!(
+                ids.contains(p),
+                "orphan: {} {} (parent {p})",
+                s["name"],
+                s["span_id"]
+            );
+        }
+    }
+    roots
+}
+
+/// nginx (an event loop) and Python's ThreadingHTTPServer as servers, ab, curl and Python
+/// clients: one SERVER span per request served and one CLIENT span per request sent, with
+/// exact method, path, route, status, redacted query; keep-alive, pipelining, a body sent
+/// in parts; 404 and 500; latencies that agree with what the client measured; each server
+/// span the child of the client span on the other end of its connection.
+#[test]
+fn http_requests_become_server_and_client_spans() {
+    require_root();
+    let (ngx_port, py_port, slow_port) = (free_port(), free_port(), free_port());
+    let nginx = Nginx::start(ngx_port, 2).expect("nginx");
+    let ngx_pids = nginx_pids(&nginx);
+    let py = HttpService::start(py_port, &[], 0);
+    let slow = HttpService::start(slow_port, &[], 60);
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    // No process filter: the receiver's own HTTP server is traced too, and must not describe
+    // kspan's exports to it (OTLP/HTTP on its port).
+    let run = Run::start(&["--endpoint", &endpoint, "--no-syscalls"]);
+    const N: usize = 30;
+    let url =
+        format!("http://127.0.0.1:{ngx_port}/orders/7?email=jane.doe@example.com&token=s3cr3t");
+    let ab = Command::new("ab")
+        .args(["-q", "-k", "-n", &N.to_string(), "-c", "1", &url])
+        .output()
+        .expect("ab (KSPAN_SETUP_TEST=1 scripts/setup installs apache2-utils)");
+    assert!(ab.status.success(), "{ab:?}");
+    for (path, code) in [("/missing/3", "404"), ("/fail", "500")] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{ngx_port}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), code);
+    }
+    let py_port_s = py_port.to_string();
+    assert_eq!(
+        http_client(&["keepalive", "127.0.0.1", &py_port_s, "/items/5", "3"])["status"],
+        serde_json::json!([200, 200, 200])
+    );
+    assert_eq!(
+        http_client(&["pipelined", "127.0.0.1", &py_port_s, "/p/1", "/missing/2"])["status"],
+        serde_json::json!([200, 404])
+    );
+    assert_eq!(
+        http_client(&[
+            "split_post",
+            "127.0.0.1",
+            &py_port_s,
+            "/upload",
+            "abc",
+            "defg",
+            "hij"
+        ])["status"],
+        serde_json::json!([200])
+    );
+    let measured = http_client(&["get", &format!("http://127.0.0.1:{slow_port}/slow"), "5"]);
+    // Every request: 30 + 2 server spans in nginx, 3 + 2 + 1 + 5 in Python.
+    let spans = rx.wait_for("every request span", |s| {
+        let to_us = |kind| {
+            requests(s, kind)
+                .iter()
+                .filter(|s| {
+                    [ngx_port, py_port, slow_port]
+                        .iter()
+                        .any(|p| attr(s, "server.port") == i64::from(*p))
+                })
+                .count()
+        };
+        to_us(SERVER) >= N + 2 + 11 && to_us(CLIENT) >= N + 2 + 11
+    });
+    let (summary, _) = run.stop();
+    assert_eq!(dropped_total(&summary), 0, "{summary}");
+    // Other processes on the host may make requests too: count those to our servers.
+    let ours = |s: &&Value| {
+        [ngx_port, py_port, slow_port]
+            .iter()
+            .any(|p| attr(s, "server.port") == i64::from(*p))
+    };
+    let servers: Vec<&Value> = requests(&spans, SERVER).into_iter().filter(ours).collect();
+    let clients: Vec<&Value> = requests(&spans, CLIENT).into_iter().filter(ours).collect();
+    assert_eq!(servers.len(), N + 2 + 11, "server spans");
+    assert_eq!(clients.len(), N + 2 + 11, "client spans");
+
+    // nginx: 30 keep-alive requests from ab, then curl's 404 and 500.
+    let orders: Vec<_> = servers
+        .iter()
+        .filter(|s| ngx_pids.contains(&pid_of(s)) && s["name"] == "GET /orders/{id}")
+        .collect();
+    assert_eq!(orders.len(), N);
+    for s in &orders {
+        assert_eq!(attr(s, "http.request.method"), "GET");
+        assert_eq!(attr(s, "url.path"), "/orders/7");
+        assert_eq!(attr(s, "url.query"), "email=***&token=***");
+        assert_eq!(attr(s, "http.route"), "/orders/{id}");
+        assert_eq!(attr(s, "http.response.status_code"), 200);
+        assert_eq!(attr(s, "server.port"), i64::from(ngx_port));
+        assert_eq!(attr(s, "client.address"), "127.0.0.1");
+        assert_eq!(attr(s, "user_agent.original"), "ApacheBench/2.3");
+        assert_eq!(s["status_code"], 0);
+    }
+    let ab_clients: Vec<_> = clients
+        .iter()
+        .filter(|s| s["resource"]["process.executable.name"] == "ab")
+        .collect();
+    assert_eq!(ab_clients.len(), N);
+    let ab_ids: HashSet<&str> = ab_clients
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap())
+        .collect();
+    for s in &ab_clients {
+        assert_eq!(
+            attr(s, "url.full"),
+            format!("http://127.0.0.1:{ngx_port}/orders/7?email=***&token=***").as_str()
+        );
+        assert_eq!(attr(s, "server.port"), i64::from(ngx_port));
+    }
+    // Each nginx span is the child of ab's span on the other end of the connection.
+    for s in &orders {
+        assert!(
+            ab_ids.contains(s["parent_span_id"].as_str().unwrap()),
+            "{s}"
+        );
+    }
+    let missing = one(&spans, "nginx 404", |s| {
+        s["kind"] == SERVER && attr(s, "url.path") == "/missing/3"
+    });
+    assert_eq!(attr(missing, "http.response.status_code"), 404);
+    assert_eq!(missing["status_code"], 0, "a 404 is not a server error");
+    let curl_404 = one(&spans, "curl 404", |s| {
+        s["kind"] == CLIENT
+            && attr(s, "url.full")
+                .as_str()
+                .is_some_and(|u| u.ends_with("/missing/3"))
+    });
+    assert_eq!(curl_404["status_code"], 2, "a 404 is a client error");
+    assert_eq!(attr(curl_404, "error.type"), "404");
+    let fail = one(&spans, "nginx 500", |s| {
+        s["kind"] == SERVER && attr(s, "url.path") == "/fail"
+    });
+    assert_eq!(fail["status_code"], 2);
+    assert_eq!(attr(fail, "error.type"), "500");
+
+    // Python: keep-alive, pipelining, a body in parts.
+    let py_servers: Vec<_> = servers.iter().filter(|s| pid_of(s) == py.pid()).collect();
+    assert_eq!(py_servers.len(), 6);
+    let items: Vec<_> = py_servers
+        .iter()
+        .filter(|s| s["name"] == "GET /items/{id}")
+        .collect();
+    assert_eq!(items.len(), 3);
+    let pipelined: Vec<_> = py_servers
+        .iter()
+        .filter(|s| attr(s, "url.path") == "/p/1" || attr(s, "url.path") == "/missing/2")
+        .collect();
+    assert_eq!(pipelined.len(), 2);
+    let post = one(&spans, "POST /upload", |s| {
+        s["kind"] == SERVER && s["name"] == "POST /upload"
+    });
+    assert_eq!(attr(post, "http.response.status_code"), 200);
+    let post_ms = (post["end"].as_u64().unwrap() - post["start"].as_u64().unwrap()) as f64 / 1e6;
+    assert!(
+        post_ms >= 40.0,
+        "the body's three parts came over 60 ms: {post_ms} ms"
+    );
+
+    // Latency: the client measured each request (connect included); kspan's CLIENT span runs
+    // from its write to its last read, the SERVER span inside it, 60 ms of sleep within.
+    let ms: Vec<f64> = measured["ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let slow_servers: Vec<_> = servers.iter().filter(|s| pid_of(s) == slow.pid()).collect();
+    assert_eq!(slow_servers.len(), 5);
+    for srv in &slow_servers {
+        let client = clients
+            .iter()
+            .find(|c| c["span_id"] == srv["parent_span_id"])
+            .unwrap_or_else(|| panic!("the client span of {srv}"));
+        let d =
+            |s: &Value| (s["end"].as_u64().unwrap() - s["start"].as_u64().unwrap()) as f64 / 1e6;
+        let (sd, cd) = (d(srv), d(client));
+        assert!(sd >= 60.0 && sd <= cd, "server {sd} ms, client {cd} ms");
+        let closest = ms.iter().map(|m| (m - cd).abs()).fold(f64::MAX, f64::min);
+        assert!(
+            closest < 5.0 && ms.iter().any(|m| *m >= cd),
+            "client span {cd} ms vs measured {ms:?}"
+        );
+    }
+    // Every export (the last ones at the flush included): none described by the receiver.
+    std::thread::sleep(Duration::from_millis(300));
+    let exports_seen = rx
+        .spans()
+        .iter()
+        .filter(|s| attr(s, "url.path") == "/v1/traces")
+        .count();
+    assert_eq!(exports_seen, 0, "kspan's own exports are not traced");
+    // Nothing personal left anywhere.
+    let text = serde_json::to_string(&spans).unwrap();
+    assert!(!text.contains("jane.doe") && !text.contains("s3cr3t"));
+    assert_eq!(summary["l7"]["http"]["not_parsed"], 0, "{summary}");
+    assert_eq!(summary["l7"]["http"]["unmatched"], 0, "{summary}");
+}
+
+/// Starts C, B (calls C twice) and A (calls B): three uninstrumented services.
+fn chain() -> (HttpService, HttpService, HttpService, u16) {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let c = HttpService::start(pc, &[], 0);
+    let b = HttpService::start(
+        pb,
+        &[
+            format!("http://127.0.0.1:{pc}/c1"),
+            format!("http://127.0.0.1:{pc}/c2"),
+        ],
+        0,
+    );
+    let a = HttpService::start(pa, &[format!("http://127.0.0.1:{pb}/orders/42")], 0);
+    (a, b, c, pa)
+}
+
+/// A client calls A, A calls B, B calls C twice, all uninstrumented Python on loopback: one
+/// trace per request with every parent right and nothing orphaned; the thread's syscalls
+/// while it serves are children of its request. Then curl sends a `traceparent` (curl is not
+/// traced here): the trace continues the caller's.
+#[test]
+fn a_chain_of_services_is_one_trace() {
+    require_root();
+    let (a, b, c, pa) = chain();
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    let run = Run::start(&["--endpoint", &endpoint, "--comm", "python3"]);
+    const N: usize = 3;
+    let measured = http_client(&[
+        "get",
+        &format!("http://127.0.0.1:{pa}/start"),
+        &N.to_string(),
+    ]);
+    assert_eq!(measured["status"], serde_json::json!([200, 200, 200]));
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let out = Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("traceparent: 00-{caller_trace}-{caller_span}-01"))
+        .args(["-H", "tracestate: vendor=abc"])
+        .arg(format!("http://127.0.0.1:{pa}/continued"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let spans = rx.wait_for("four traces of request spans", |s| {
+        requests(s, SERVER).len() >= 4 * 4
+    });
+    let (summary, _) = run.stop();
+    assert_eq!(dropped_total(&summary), 0, "{summary}");
+    let traces = by_trace(&spans);
+    let with_requests: Vec<&str> = traces
+        .iter()
+        .filter(|(_, v)| v.iter().any(|s| !attr(s, "http.request.method").is_null()))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(with_requests.len(), N + 1, "one trace per request");
+    let pids = [a.pid(), b.pid(), c.pid()];
+    for t in &with_requests {
+        let trace = &traces[t];
+        let continued = *t == caller_trace;
+        let roots = check_tree(trace, continued.then_some(caller_span));
+        assert_eq!(roots.len(), 1, "one root: {roots:#?}");
+        let root = roots[0];
+        let by_id: HashMap<&str, &Value> = trace
+            .iter()
+            .map(|s| (s["span_id"].as_str().unwrap(), *s))
+            .collect();
+        let parent = |s: &Value| by_id[s["parent_span_id"].as_str().unwrap()];
+        let reqs: Vec<&&Value> = trace
+            .iter()
+            .filter(|s| !attr(s, "http.request.method").is_null())
+            .collect();
+        // client -> A, A -> B, B -> C twice: 4 servers, 4 clients (3 when curl is the caller).
+        let servers: Vec<_> = reqs.iter().filter(|s| s["kind"] == SERVER).collect();
+        let clients: Vec<_> = reqs.iter().filter(|s| s["kind"] == CLIENT).collect();
+        assert_eq!(servers.len(), 4, "{t}");
+        assert_eq!(clients.len(), if continued { 3 } else { 4 }, "{t}");
+        let server_a = one(trace.iter().copied(), "server A", |s| {
+            s["kind"] == SERVER && pid_of(s) == pids[0]
+        });
+        let server_b = one(trace.iter().copied(), "server B", |s| {
+            s["kind"] == SERVER && pid_of(s) == pids[1]
+        });
+        if continued {
+            assert_eq!(root["span_id"], server_a["span_id"]);
+            assert_eq!(server_a["parent_span_id"], caller_span);
+            assert!(server_a["trace_state"]
+                .as_str()
+                .unwrap()
+                .contains("vendor=abc"));
+            assert_eq!(server_a["name"], "GET /continued");
+        } else {
+            assert_eq!(root["kind"], CLIENT);
+            assert!(
+                !pids.contains(&pid_of(root)),
+                "the client process is the root"
+            );
+            assert_eq!(parent(server_a)["span_id"], root["span_id"]);
+            assert_eq!(server_a["name"], "GET /start");
+        }
+        assert_eq!(server_b["name"], "GET /orders/{id}");
+        let ab = parent(server_b);
+        assert_eq!((ab["kind"].as_i64(), pid_of(ab)), (Some(CLIENT), pids[0]));
+        assert_eq!(parent(ab)["span_id"], server_a["span_id"]);
+        let cs: Vec<_> = servers.iter().filter(|s| pid_of(s) == pids[2]).collect();
+        assert_eq!(cs.len(), 2);
+        let mut paths: Vec<&str> = cs
+            .iter()
+            .map(|s| attr(s, "url.path").as_str().unwrap())
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["/c1", "/c2"]);
+        for s in cs {
+            let bc = parent(s);
+            assert_eq!((bc["kind"].as_i64(), pid_of(bc)), (Some(CLIENT), pids[1]));
+            assert_eq!(parent(bc)["span_id"], server_b["span_id"]);
+        }
+        // B's own syscalls and connects while it serves: children of B's server span, on its
+        // thread.
+        let b_children: Vec<_> = trace
+            .iter()
+            .filter(|s| {
+                s["parent_span_id"] == server_b["span_id"]
+                    && attr(s, "http.request.method").is_null()
+            })
+            .collect();
+        assert!(
+            b_children.iter().any(|s| s["name"] == "tcp connect"),
+            "B's connects to C are its children: {:?}",
+            b_children.iter().map(|s| &s["name"]).collect::<Vec<_>>()
+        );
+        for s in b_children {
+            assert_eq!(attr(s, "thread.id"), attr(server_b, "thread.id"), "{s}");
+        }
+    }
+    assert_eq!(
+        summary["requests"]["linked"],
+        (N * 4 + 3) as u64,
+        "{summary}"
+    );
+    assert_eq!(summary["requests"]["continued"], 1, "{summary}");
+}
+
+/// Sampling decides on whole traces: with 25 % by trace id, a request trace arrives whole (all
+/// eight request spans, one threshold) or not at all, and exactly the traces whose trace id
+/// passes the threshold are kept.
+#[test]
+fn request_traces_are_sampled_whole() {
+    require_root();
+    let (_a, _b, _c, pa) = chain();
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    let dir = tempdir("sampled-whole");
+    let config = dir.join("kspan.yaml");
+    std::fs::write(
+        &config,
+        "capture: {syscall_spans: false, tcp: false}\nsampling:\n  rules:\n    default_sampling_percentage: 25\n",
+    )
+    .unwrap();
+    let run = Run::start(&[
+        "--endpoint",
+        &endpoint,
+        "--comm",
+        "python3",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    const N: usize = 40;
+    http_client(&[
+        "get",
+        &format!("http://127.0.0.1:{pa}/start"),
+        &N.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (summary, _) = run.stop();
+    let spans = rx.spans();
+    let sampled_out = summary["dropped"]["sampled_out"].as_u64().unwrap();
+    let traces = by_trace(&spans);
+    assert!(
+        !traces.is_empty() && traces.len() < N,
+        "some traces kept, some dropped: {} kept: {:?} {summary}",
+        traces.len(),
+        traces
+            .values()
+            .map(|v| v
+                .iter()
+                .map(|s| s["name"].as_str().unwrap())
+                .collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        spans.len() as u64 + sampled_out,
+        (N * 8) as u64,
+        "every request span either arrived or was sampled out: {summary}"
+    );
+    for (t, trace) in &traces {
+        assert_eq!(trace.len(), 8, "trace {t} arrived whole");
+        let states: HashSet<&str> = trace
+            .iter()
+            .map(|s| s["trace_state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.len(), 1, "one threshold per trace: {states:?}");
+        let th = states.iter().next().unwrap().split("th:").nth(1).unwrap();
+        let th = th.split([';', ',']).next().unwrap();
+        let threshold = u64::from_str_radix(&format!("{th:0<14}"), 16).unwrap();
+        let randomness = u64::from_str_radix(&t[18..], 16).unwrap();
+        assert!(randomness >= threshold, "trace {t} kept by th:{th}");
+    }
+}
+
+/// `kspan analyze` on what `kspan run` exported, and `kspan run --analyze`: a client calls
+/// frontend, frontend calls orders (which takes 300 ms), orders calls payments twice and
+/// payments fails (500). The report names orders as the bottleneck and payments' 500s.
+#[test]
+fn analyze_names_the_slow_service_and_the_failing_one() {
+    require_root();
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let _payments = HttpService::start_named(pc, &[], 0, Some("payments"));
+    let _orders = HttpService::start_named(
+        pb,
+        &[
+            format!("http://127.0.0.1:{pc}/fail/charge"),
+            format!("http://127.0.0.1:{pc}/fail/charge"),
+        ],
+        300,
+        Some("orders"),
+    );
+    let _frontend = HttpService::start_named(
+        pa,
+        &[format!("http://127.0.0.1:{pb}/orders/42")],
+        0,
+        Some("frontend"),
+    );
+    let client = |n: &str| {
+        let out = Command::new("python3")
+            .env("OTEL_SERVICE_NAME", "client")
+            .args([
+                HTTP_SERVICE,
+                "get",
+                &format!("http://127.0.0.1:{pa}/checkout"),
+                n,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    };
+    let check =
+        |report: &Value, n: u64| {
+            let routes = report["routes"].as_array().unwrap();
+            let rt = routes
+                .iter()
+                .find(|r| r["service"] == "client" && r["route"] == "GET /checkout")
+                .unwrap_or_else(|| panic!("no client route in {report:#}"));
+            assert_eq!(rt["requests"], n, "{rt:#}");
+            assert_eq!(rt["bottleneck"], "orders", "{rt:#}");
+            let orders = rt["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["service"] == "orders")
+                .unwrap();
+            assert!(orders["share"].as_f64().unwrap() > 0.5, "{orders}");
+            assert!(orders["critical_p50_ns"].as_u64().unwrap() >= 300_000_000);
+            let fails: Vec<&Value> = rt["errors_by"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["service"] == "payments" && e["error_type"] == "500")
+                .collect();
+            assert_eq!(fails.len(), 1, "{rt:#}");
+            assert_eq!(fails[0]["count"], 2 * n);
+            assert_eq!(fails[0]["operation"], "GET /fail/charge");
+            let calls = rt["calls"].as_array().unwrap();
+            assert!(calls.iter().any(|c| c["from"] == "orders"
+                && c["to"] == "payments"
+                && c["per_request"] == 2.0));
+            let recs = report["recommendations"].as_array().unwrap();
+            assert!(recs.iter().any(|r| r["service"] == "orders"
+                && r["what"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("the bottleneck of GET /checkout")));
+            assert!(recs.iter().any(|r| r["service"] == "payments"
+                && r["what"] == "fails: GET /fail/charge answers 500"));
+            let slowest = &report["slowest"]["spans"];
+            assert!(slowest.as_array().unwrap().len() >= 7);
+        };
+
+    // 1. kspan run's OTLP JSON lines, then kspan analyze on the file.
+    let dir = tempdir("analyze");
+    let file = dir.join("spans.jsonl");
+    let mut cmd = Command::new(KSPAN);
+    cmd.args([
+        "run",
+        "--exporter",
+        "stdout",
+        "--sampling",
+        "off",
+        "--comm",
+        "python3",
+    ])
+    .args(["--batch-timeout", "100ms"]);
+    let mut run = KspanProc::start(cmd, "tracing (programs attached)");
+    client("3");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run.stop(libc::SIGTERM);
+    std::fs::write(&file, out).unwrap();
+    let out = Command::new(KSPAN)
+        .args(["analyze", "--json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&report, 3);
+    // The terminal report says the same in words, with a waterfall.
+    let out = Command::new(KSPAN)
+        .arg("analyze")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("<- bottleneck") && text.contains("Slowest trace"),
+        "{text}"
+    );
+
+    // 2. kspan run --analyze: live, no collector.
+    let child = Command::new(KSPAN)
+        .args([
+            "run",
+            "--analyze",
+            "4s",
+            "--analyze-json",
+            "--sampling",
+            "off",
+        ])
+        .args(["--comm", "python3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    client("2");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check(&report, 2);
+}
