@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs the kspan agent. Arguments go to kspan (default: `run`).
-#   ./run.sh                 # trace this host; spans as OTLP JSON lines on stdout (or to
-#                            # OTEL_EXPORTER_OTLP_ENDPOINT when set) until Ctrl-C
+#   ./run.sh                 # trace this host; one line per span on a terminal (OTLP JSON
+#                            # lines when piped; to OTEL_EXPORTER_OTLP_ENDPOINT when set)
+#                            # until Ctrl-C
 #   ./run.sh run --endpoint http://collector:4317 --protocol grpc
 #   ./run.sh check           # can kspan run on this host?
 #   ./run.sh events --comm curl --min-duration 1ms

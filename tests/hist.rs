@@ -1,5 +1,6 @@
 //! `kspan hist` / `kspan top` on the real kernel against ground truth (strace's counts,
-//! bpftrace's hist(), known sleeps and connects), and the interactive view driven in tmux.
+//! bpftrace's hist(), known sleeps and connects), and the terminal views driven in tmux (the
+//! interactive histograms, `kspan run`'s one line per span).
 //!
 //! Run as root, one at a time: `cargo test -p agent --test hist -- --test-threads=1`.
 use std::{
@@ -426,4 +427,148 @@ fn top_by_route_counts_requests_errors_and_latency() {
     assert_eq!(get("server", "GET /fail").1, 5, "500s are server errors");
     assert_eq!(get("client", "GET /orders/{id}").0, 20);
     assert_eq!(get("client", "GET /fail").1, 5);
+}
+
+/// `kspan run` on a terminal: one line per span with fixed columns, the spans of a chain of
+/// requests (client -> B -> C) indented under their parents, a slow syscall with its
+/// duration, and at Ctrl-C the summary as a short block.
+#[test]
+fn run_on_a_terminal_prints_one_line_per_span() {
+    require_root();
+    let (pb, pc) = (free_port(), free_port());
+    let _c = HttpService::start(pc, &[], 0);
+    let _b = HttpService::start(pb, &[format!("http://127.0.0.1:{pc}/stock/7")], 0);
+    let session = format!("kspan-run-{}", std::process::id());
+    let _ = tmux(&["kill-session", "-t", &session]);
+    let cmd = format!(
+        "{KSPAN} run --comm python3 --sampling off --no-tcp --metrics-addr '' \
+         --min-duration 150ms --batch-timeout 300ms; echo EXITED $?; sleep 30"
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "60",
+        &cmd,
+    ]);
+    let pane = || tmux(&["capture-pane", "-p", "-J", "-S", "-200", "-t", &session]);
+    let wait_for = |what: &str| -> String {
+        let t0 = Instant::now();
+        loop {
+            let p = pane();
+            if p.contains(what) {
+                return p;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "no {what:?} in:\n{p}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("stop with Ctrl-C");
+    assert!(pane().contains("spans to stdout (one line per span)"));
+    let r = http_client(&["get", &format!("http://127.0.0.1:{pb}/orders/1"), "1"]);
+    assert_eq!(r["status"], serde_json::json!([200]));
+    let st = Command::new("python3")
+        .args(["-c", "import time; time.sleep(0.3)"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let text = wait_for("clock_nanosleep");
+    let text = if text.contains("GET /stock/{id}") {
+        text
+    } else {
+        wait_for("GET /stock/{id}")
+    };
+    let find = |kind: &str, name: &str| -> &str {
+        text.lines()
+            .find(|l| l.contains(&format!(" {kind} ")) && l.contains(&format!(" {name}  ")))
+            .unwrap_or_else(|| panic!("no {kind} {name} line in:\n{text}"))
+    };
+    let chain = [
+        find("client", "GET /orders/{id}"),
+        find("server", "GET /orders/{id}"),
+        find("client", "GET /stock/{id}"),
+        find("server", "GET /stock/{id}"),
+    ];
+    let name_at: Vec<usize> = chain.iter().map(|l| l.find("GET /").unwrap()).collect();
+    assert_eq!(
+        name_at,
+        vec![name_at[0], name_at[0] + 2, name_at[0] + 4, name_at[0] + 6],
+        "each request two spaces under its parent:\n{}",
+        chain.join("\n")
+    );
+    for l in chain {
+        // HH:MM:SS.mmm, then duration, service, kind, status, trace and span ids.
+        let b = l.as_bytes();
+        assert!(
+            b[2] == b':' && b[5] == b':' && b[8] == b'.' && b[12] == b' ',
+            "{l}"
+        );
+        assert!(l.contains(" ok ") && l.contains("status=200"), "{l}");
+        let trace = &l[name_at[0] - 18..name_at[0] - 10];
+        assert!(trace.bytes().all(|c| c.is_ascii_hexdigit()), "{l}");
+        assert_eq!(
+            &chain[0][name_at[0] - 18..name_at[0] - 10],
+            trace,
+            "one trace"
+        );
+    }
+    let sleep = text
+        .lines()
+        .find(|l| l.contains("clock_nanosleep"))
+        .unwrap();
+    assert!(sleep.contains(" intern ok "), "{sleep}");
+    let ms: f64 = sleep[14..23].trim().trim_end_matches("ms").parse().unwrap();
+    assert!((299.0..400.0).contains(&ms), "{sleep}");
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    let end = wait_for("EXITED");
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert!(
+        end.contains("kspan: summary\n  spans ") && end.contains("  requests "),
+        "{end}"
+    );
+    let _ = tmux(&["kill-session", "-t", &session]);
+}
+
+/// `kspan run | head -3` stops kspan promptly and cleanly: exit 0, no retry warning, and
+/// the spans it could not write counted.
+#[test]
+fn run_piped_to_head_exits_promptly() {
+    require_root();
+    let t0 = Instant::now();
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -o pipefail; {KSPAN} run --sampling off --min-duration 0 \
+                 --metrics-addr '' | head -3; echo \"status ${{PIPESTATUS[0]}}\" >&2"
+            ),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{err}");
+    assert!(err.contains("status 0"), "{err}");
+    assert!(!err.contains("will retry"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3);
+    for l in stdout.lines() {
+        serde_json::from_str::<Value>(l).expect("an OTLP JSON line");
+    }
+    let summary: Value = serde_json::from_str(
+        err.lines()
+            .find_map(|l| l.strip_prefix("kspan: summary "))
+            .expect("summary line"),
+    )
+    .unwrap();
+    let built = summary["spans_built"].as_u64().unwrap();
+    let accounted = summary["spans_exported"].as_u64().unwrap()
+        + summary["dropped"]["export_failed"].as_u64().unwrap();
+    assert_eq!(built, accounted, "{summary}");
 }

@@ -378,6 +378,14 @@ fn check_reports_can_run() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("kspan can run here"), "{text}");
+    // It ends with what to try next.
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("next: sudo kspan run")),
+        "{text}"
+    );
     assert!(text.contains("ok   load and attach"), "{text}");
     // This kernel has BTF: the accept handshake fields are found.
     assert!(

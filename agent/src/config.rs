@@ -245,6 +245,16 @@ pub enum ExporterKind {
     None,
 }
 
+/// How spans look on stdout (`exporter.kind: stdout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One readable line per span, children indented (the default on a terminal).
+    Text,
+    /// OTLP JSON, one export request per line (the default otherwise).
+    Json,
+}
+
 /// OTLP transport, as in `OTEL_EXPORTER_OTLP_PROTOCOL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 pub enum Protocol {
@@ -299,6 +309,9 @@ pub struct ExporterSection {
     /// TLS for `https://` endpoints.
     #[serde(skip_serializing_if = "TlsSection::is_empty")]
     pub tls: TlsSection,
+    /// `stdout`: `text` or `json`; default: text on a terminal, else json.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<OutputFormat>,
 }
 
 /// TLS files (PEM). Unset ones fall back to `OTEL_EXPORTER_OTLP_{TRACES_,}CERTIFICATE`,

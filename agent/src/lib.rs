@@ -33,6 +33,7 @@ pub mod sink;
 pub mod source;
 pub mod span;
 pub mod spans;
+pub mod text;
 pub mod traces;
 pub mod wire;
 

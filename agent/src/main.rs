@@ -33,14 +33,16 @@ fn main() -> ExitCode {
                 for u in &report.will_use {
                     println!("use  {u}");
                 }
-                println!(
-                    "{}",
-                    if report.can_run {
-                        "kspan can run here"
-                    } else {
-                        "kspan cannot run here: fix the FAIL lines"
-                    }
-                );
+                if report.can_run {
+                    println!("kspan can run here");
+                    println!(
+                        "next: sudo kspan run    (spans on this terminal; add --endpoint \
+                         http://COLLECTOR:4317 to export them, or try `sudo kspan top`)"
+                    );
+                } else {
+                    println!("kspan cannot run here: fix the FAIL lines");
+                    println!("next: fix the FAIL lines above, then run `kspan check` again");
+                }
             }
             if report.can_run {
                 ExitCode::SUCCESS

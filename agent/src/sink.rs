@@ -16,7 +16,9 @@ use opentelemetry_sdk::{
     Resource,
 };
 
-use crate::config::{Compression, ExporterKind, ExporterSection, Protocol, TlsSection};
+use crate::config::{
+    Compression, ExporterKind, ExporterSection, OutputFormat, Protocol, TlsSection,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -115,6 +117,9 @@ pub enum SinkError {
     Encode(#[source] serde_json::Error),
     #[error("writing to stdout: {0}")]
     Write(#[source] std::io::Error),
+    /// The output was closed by its reader (`kspan run | head`): nothing more can go there.
+    #[error("stdout was closed by its reader")]
+    Closed,
     #[error("shutdown deadline reached during export")]
     Deadline,
 }
@@ -128,6 +133,29 @@ pub trait Sink: Send {
     fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a>;
     /// Flushes and closes; called once, at exit.
     fn shutdown(&mut self);
+    /// A sink that shows a whole batch at once (the terminal view: children under parents
+    /// of other processes) gets [`Sink::export_batch`] instead of one call per resource.
+    fn whole_batches(&self) -> bool {
+        false
+    }
+    /// One batch of several resources (only called when [`Sink::whole_batches`]).
+    fn export_batch<'a>(
+        &'a mut self,
+        _batch: Vec<(&'a crate::procinfo::ProcResource, Vec<SpanData>)>,
+    ) -> ExportFuture<'a> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// A write to stdout: a reader that went away (EPIPE) is [`SinkError::Closed`].
+fn write_stdout(bytes: &[u8]) -> Result<(), SinkError> {
+    let mut lock = std::io::stdout().lock();
+    lock.write_all(bytes)
+        .and_then(|_| lock.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => SinkError::Closed,
+            _ => SinkError::Write(e),
+        })
 }
 
 /// The OTLP exporter of `opentelemetry-otlp`.
@@ -147,7 +175,7 @@ impl Sink for OtlpSink {
 }
 
 /// One OTLP/JSON `ExportTraceServiceRequest` per line on stdout.
-pub struct StdoutSink(std::io::Stdout);
+pub struct StdoutSink;
 
 impl Sink for StdoutSink {
     fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
@@ -161,15 +189,66 @@ impl Sink for StdoutSink {
             .map_err(SinkError::Encode)
             .and_then(|mut line| {
                 line.push(b'\n');
-                let mut lock = self.0.lock();
-                lock.write_all(&line)
-                    .and_then(|_| lock.flush())
-                    .map_err(SinkError::Write)
+                write_stdout(&line)
             });
         Box::pin(std::future::ready(result))
     }
 
     fn shutdown(&mut self) {}
+}
+
+/// One readable line per span on stdout (a terminal), children under their parents.
+pub struct TextSink(pub crate::text::Colour);
+
+impl Sink for TextSink {
+    fn export<'a>(&'a mut self, resource: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
+        let service = resource
+            .get(&opentelemetry::Key::from_static_str("service.name"))
+            .map(|v| v.as_str().into_owned())
+            .unwrap_or_default();
+        let pairs: Vec<(&str, &SpanData)> = spans.iter().map(|s| (service.as_str(), s)).collect();
+        let text = crate::text::render(&pairs, self.0);
+        Box::pin(std::future::ready(write_stdout(text.as_bytes())))
+    }
+
+    fn shutdown(&mut self) {}
+
+    fn whole_batches(&self) -> bool {
+        true
+    }
+
+    fn export_batch<'a>(
+        &'a mut self,
+        batch: Vec<(&'a crate::procinfo::ProcResource, Vec<SpanData>)>,
+    ) -> ExportFuture<'a> {
+        let pairs: Vec<(&str, &SpanData)> = batch
+            .iter()
+            .flat_map(|(r, spans)| spans.iter().map(|s| (r.service_name.as_str(), s)))
+            .collect();
+        let text = crate::text::render(&pairs, self.0);
+        Box::pin(std::future::ready(write_stdout(text.as_bytes())))
+    }
+}
+
+/// How spans on stdout look: as asked, else text on a terminal and OTLP JSON lines otherwise.
+pub fn stdout_format(cfg: &ExporterSection) -> OutputFormat {
+    use std::io::IsTerminal;
+    cfg.format.unwrap_or(if std::io::stdout().is_terminal() {
+        OutputFormat::Text
+    } else {
+        OutputFormat::Json
+    })
+}
+
+/// Colours on a terminal, unless `NO_COLOR` is set (<https://no-color.org>) or it is dumb.
+fn text_colour() -> crate::text::Colour {
+    use std::io::IsTerminal;
+    let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() && !dumb {
+        crate::text::Colour::Ansi
+    } else {
+        crate::text::Colour::None
+    }
 }
 
 /// The endpoint and the timeout, the same for both OTLP transports.
@@ -200,12 +279,17 @@ pub struct SinkDescription {
     pub endpoint: Option<String>,
     /// The setting or variable the endpoint came from.
     pub endpoint_from: Option<String>,
+    /// How spans look on stdout.
+    pub format: Option<OutputFormat>,
 }
 
 impl std::fmt::Display for SinkDescription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {
-            ExporterKind::Stdout => write!(f, "stdout (OTLP JSON lines)"),
+            ExporterKind::Stdout => match self.format {
+                Some(OutputFormat::Text) => write!(f, "stdout (one line per span)"),
+                _ => write!(f, "stdout (OTLP JSON lines)"),
+            },
             ExporterKind::None => write!(f, "none (spans are built and counted, not sent)"),
             ExporterKind::Otlp => write!(
                 f,
@@ -411,15 +495,22 @@ pub fn build(cfg: &ExporterSection) -> Result<(Box<dyn Sink>, SinkDescription), 
     {
         let kind = cfg.kind.unwrap_or_else(|| default_kind(cfg));
         match kind {
-            ExporterKind::Stdout => Ok((
-                Box::new(StdoutSink(std::io::stdout())),
-                SinkDescription {
-                    kind,
-                    protocol: None,
-                    endpoint: None,
-                    endpoint_from: None,
-                },
-            )),
+            ExporterKind::Stdout => {
+                let format = stdout_format(cfg);
+                Ok((
+                    match format {
+                        OutputFormat::Json => Box::new(StdoutSink) as Box<dyn Sink>,
+                        OutputFormat::Text => Box::new(TextSink(text_colour())),
+                    },
+                    SinkDescription {
+                        kind,
+                        protocol: None,
+                        endpoint: None,
+                        endpoint_from: None,
+                        format: Some(format),
+                    },
+                ))
+            }
             ExporterKind::None => Ok((
                 Box::new(DiscardSink),
                 SinkDescription {
@@ -427,6 +518,7 @@ pub fn build(cfg: &ExporterSection) -> Result<(Box<dyn Sink>, SinkDescription), 
                     protocol: None,
                     endpoint: None,
                     endpoint_from: None,
+                    format: None,
                 },
             )),
             ExporterKind::Otlp => {
@@ -509,6 +601,7 @@ pub fn build(cfg: &ExporterSection) -> Result<(Box<dyn Sink>, SinkDescription), 
                         protocol: Some(protocol),
                         endpoint: Some(endpoint),
                         endpoint_from: Some(endpoint_from),
+                        format: None,
                     },
                 ))
             }

@@ -21,6 +21,13 @@ pub struct RunArgs {
     /// Where spans go [default: otlp when an endpoint is set, else stdout].
     #[arg(long, value_enum)]
     pub exporter: Option<ExporterKind>,
+    /// How spans on stdout look: `text` (one line per span, children indented) or `json`
+    /// (OTLP JSON lines) [default: text on a terminal, else json].
+    #[arg(long, value_enum)]
+    pub format: Option<crate::config::OutputFormat>,
+    /// The summary at exit as one JSON line, even on a terminal.
+    #[arg(long)]
+    pub json: bool,
     /// OTLP endpoint, e.g. http://localhost:4317 [env: OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long)]
     pub endpoint: Option<String>,
@@ -165,6 +172,9 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     if args.endpoint.is_some() {
         e.endpoint = args.endpoint.clone();
     }
+    if args.format.is_some() {
+        e.format = args.format;
+    }
     if args.protocol.is_some() {
         e.protocol = args.protocol;
     }
@@ -241,10 +251,7 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
     }
     let Some(window) = args.analyze else {
         let summary = pipeline::run(plan, args.duration).await?;
-        eprintln!(
-            "kspan: summary {}",
-            serde_json::to_string(&summary).unwrap_or_default()
-        );
+        print_summary(&summary, args.json);
         return Ok(Some(summary));
     };
     let store = std::sync::Arc::new(std::sync::Mutex::new(crate::analyze::Store::new()));
@@ -254,10 +261,7 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         crate::duration::format(window)
     );
     let summary = pipeline::run_with(plan, Some(window), Some((sink, desc))).await?;
-    eprintln!(
-        "kspan: summary {}",
-        serde_json::to_string(&summary).unwrap_or_default()
-    );
+    print_summary(&summary, args.json);
     let report = crate::cmd::analyze::ReportArgs {
         trace: None,
         json: args.analyze_json,
@@ -273,6 +277,61 @@ pub async fn run(args: RunArgs) -> Result<Option<RunSummary>, RunError> {
         .map_err(|e| RunError::Analyze(e.to_string()))?;
     println!("{}", text.trim_end());
     Ok(Some(summary))
+}
+
+/// The summary at exit, on stderr: a short block on a terminal, else (or with `json`) the
+/// `kspan: summary {...}` line scripts read.
+fn print_summary(summary: &RunSummary, json: bool) {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        eprintln!(
+            "kspan: summary {}",
+            serde_json::to_string(summary).unwrap_or_default()
+        );
+    } else {
+        eprint!("{}", summary_text(summary));
+    }
+}
+
+/// The summary as a person reads it.
+fn summary_text(s: &RunSummary) -> String {
+    let t = &s.totals;
+    let mut out = format!(
+        "kspan: summary\n  spans      {} built, {} exported, {} dropped\n",
+        t.spans_built,
+        t.spans_exported,
+        t.dropped_total()
+    );
+    let dropped: Vec<String> = t
+        .dropped
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !dropped.is_empty() {
+        out.push_str(&format!("  dropped    {}\n", dropped.join(", ")));
+    }
+    out.push_str(&format!(
+        "  kernel     {} events received, {} syscalls measured\n",
+        t.events, s.kernel.syscalls_measured
+    ));
+    if let Some(r) = &t.requests {
+        let q = &r.requests;
+        out.push_str(&format!(
+            "  requests   {} server, {} client spans; {} linked on this host, {} continued a traceparent\n",
+            q.server_spans, q.client_spans, q.linked, q.continued
+        ));
+    }
+    if let Some(l7) = &t.l7 {
+        for (name, c) in l7.iter().filter(|(_, c)| c.requests > 0) {
+            let given_up = c.not_parsed + c.truncated + c.unmatched + c.unanswered;
+            out.push_str(&format!(
+                "  {name:<10} {} requests, {} responses, {given_up} not followed (see --json)\n",
+                c.requests, c.responses
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -321,6 +380,26 @@ mod tests {
         assert_eq!(c.capture.min_duration, Duration::from_millis(5));
         assert_eq!(c.metrics.addr, None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_summary_reads_as_a_block() {
+        let mut totals = crate::metrics::Totals {
+            events: 12,
+            spans_built: 10,
+            spans_exported: 4,
+            ..Default::default()
+        };
+        totals.dropped.insert("sampled_out", 6);
+        totals.dropped.insert("queue_full", 0);
+        let text = summary_text(&RunSummary {
+            totals,
+            kernel: Default::default(),
+        });
+        assert_eq!(
+            text,
+            "kspan: summary\n  spans      10 built, 4 exported, 6 dropped\n  dropped    sampled_out 6\n  kernel     12 events received, 0 syscalls measured\n"
+        );
     }
 
     /// Every default CONFIG_HELP shows is `Config::default()`'s (keys with no default show

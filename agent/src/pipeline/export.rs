@@ -24,6 +24,20 @@ use crate::{
     spans::Built,
 };
 
+/// Awaits one export, giving up at `deadline` (the shutdown's) if there is one.
+async fn with_deadline(
+    deadline: Option<Instant>,
+    fut: crate::sink::ExportFuture<'_>,
+) -> Result<(), SinkError> {
+    match deadline {
+        Some(d) => match tokio::time::timeout_at(d, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::Deadline),
+        },
+        None => fut.await,
+    }
+}
+
 /// First delay before a failed batch is retried; doubles up to `MAX_RETRY_DELAY`.
 pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
@@ -45,6 +59,11 @@ pub struct ExportStage {
     queue: VecDeque<Built>,
     retry: Option<Retry>,
     last_error: Option<String>,
+    /// Told when the sink's output is gone for good (stdout closed by its reader): the
+    /// agent stops.
+    output_closed: Arc<tokio::sync::Notify>,
+    /// The sink's output is gone: what is left is counted, not sent.
+    sink_closed: bool,
 }
 
 impl ExportStage {
@@ -53,6 +72,7 @@ impl ExportStage {
         rx: QueueRx<Built>,
         cfg: PipelineSection,
         stats: Arc<Stats>,
+        output_closed: Arc<tokio::sync::Notify>,
     ) -> ExportStage {
         ExportStage {
             sink,
@@ -62,7 +82,15 @@ impl ExportStage {
             queue: VecDeque::new(),
             retry: None,
             last_error: None,
+            output_closed,
+            sink_closed: false,
         }
+    }
+
+    /// Spans that cannot go anywhere any more (the output closed): counted, released.
+    fn discard(&mut self, n: usize) {
+        self.stats.dropped(DropReason::ExportFailed, n as u64);
+        self.rx.release(n);
     }
 
     /// Spans in this stage (batch queue and retry batch), not counting the channel.
@@ -153,6 +181,10 @@ impl ExportStage {
         prev: Option<(Instant, Duration)>,
         deadline: Option<Instant>,
     ) {
+        if self.sink_closed {
+            self.discard(batch.len());
+            return;
+        }
         let mut groups: Vec<(Arc<crate::procinfo::ProcResource>, Vec<Built>)> = Vec::new();
         let mut index: HashMap<u64, usize> = HashMap::new();
         for b in batch {
@@ -163,38 +195,86 @@ impl ExportStage {
             groups[i].1.push(b);
         }
         let mut failed: Vec<Built> = Vec::new();
-        for (res, spans) in groups {
-            let data: Vec<SpanData> = spans.iter().map(|b| b.span.clone()).collect();
-            let n = data.len() as u64;
-            let t0 = Instant::now();
-            let fut = self.sink.export(&res.resource, data);
-            let result = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SinkError::Deadline),
+        if self.sink.whole_batches() {
+            // One call for the whole batch (the terminal view): one group, many resources.
+            let all: Vec<Built> = groups.into_iter().flat_map(|(_, s)| s).collect();
+            let data = all.iter().map(|b| (&*b.resource, b.span.clone())).fold(
+                Vec::<(&crate::procinfo::ProcResource, Vec<SpanData>)>::new(),
+                |mut v, (r, s)| {
+                    match v.last_mut() {
+                        Some((last, spans)) if last.id == r.id => spans.push(s),
+                        _ => v.push((r, vec![s])),
+                    }
+                    v
                 },
-                None => fut.await,
-            };
-            let secs = t0.elapsed().as_secs_f64();
-            match result {
-                Ok(()) => {
-                    self.stats.add_exported(n, secs);
-                    self.rx.release(n as usize);
-                    if let Some(e) = self.last_error.take() {
-                        log::warn!("export works again (last error: {e})");
-                    }
-                }
-                Err(e) => {
-                    let e = e.to_string();
-                    self.stats.export_failed_attempt(secs);
-                    if self.last_error.is_none() {
-                        log::warn!("export failed, will retry: {e}{}", error_hint(&e));
-                    }
-                    self.last_error = Some(e);
+            );
+            let t0 = Instant::now();
+            let result = with_deadline(deadline, self.sink.export_batch(data)).await;
+            let n = all.len();
+            self.done(result, n, t0, &mut failed, all);
+        } else {
+            for (res, spans) in groups {
+                if self.sink_closed {
+                    // Counted below with the rest.
                     failed.extend(spans);
+                    continue;
                 }
+                let data: Vec<SpanData> = spans.iter().map(|b| b.span.clone()).collect();
+                let n = data.len();
+                let t0 = Instant::now();
+                let result = with_deadline(deadline, self.sink.export(&res.resource, data)).await;
+                self.done(result, n, t0, &mut failed, spans);
             }
         }
+        if self.sink_closed {
+            let n = failed.len() + self.queue.len();
+            self.queue.clear();
+            self.discard(n);
+            return;
+        }
+        self.retry_later(failed, prev);
+    }
+
+    /// What one export call's result means for its `n` spans.
+    fn done(
+        &mut self,
+        result: Result<(), SinkError>,
+        n: usize,
+        t0: Instant,
+        failed: &mut Vec<Built>,
+        spans: Vec<Built>,
+    ) {
+        let secs = t0.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                self.stats.add_exported(n as u64, secs);
+                self.rx.release(n);
+                if let Some(e) = self.last_error.take() {
+                    log::warn!("export works again (last error: {e})");
+                }
+            }
+            Err(SinkError::Closed) => {
+                // `kspan run | head`: a normal way to stop, not an error to retry.
+                log::info!("stdout was closed by its reader: stopping");
+                self.sink_closed = true;
+                self.output_closed.notify_one();
+                failed.extend(spans);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                self.stats.export_failed_attempt(secs);
+                if self.last_error.is_none() {
+                    log::warn!("export failed, will retry: {e}{}", error_hint(&e));
+                }
+                self.last_error = Some(e);
+                failed.extend(spans);
+            }
+        }
+    }
+
+    /// Keeps a failed batch for its next attempt, or drops it (counted) once it has been
+    /// retried for `retry_max_elapsed`.
+    fn retry_later(&mut self, failed: Vec<Built>, prev: Option<(Instant, Duration)>) {
         if failed.is_empty() {
             return;
         }
@@ -326,7 +406,9 @@ mod tests {
             seen: seen.clone(),
             failing: failing.clone(),
         };
-        let task = tokio::spawn(ExportStage::new(Box::new(sink), rx, cfg, stats.clone()).run());
+        let task = tokio::spawn(
+            ExportStage::new(Box::new(sink), rx, cfg, stats.clone(), Default::default()).run(),
+        );
         Harness {
             tx,
             seen,

@@ -124,8 +124,17 @@ pub async fn run_with(
 
     let (span_tx, span_rx) = queue::bounded::<Built>(pipeline.queue_spans);
     let (event_tx, event_rx) = mpsc::channel::<Vec<RawEvent>>(EVENT_QUEUE_CHUNKS);
-    let export_task =
-        tokio::spawn(export::ExportStage::new(sink, span_rx, pipeline, stats.clone()).run());
+    let output_closed = Arc::new(tokio::sync::Notify::new());
+    let export_task = tokio::spawn(
+        export::ExportStage::new(
+            sink,
+            span_rx,
+            pipeline,
+            stats.clone(),
+            output_closed.clone(),
+        )
+        .run(),
+    );
     let pods = match crate::k8s::connect().await {
         Some((client, node)) => {
             eprintln!("kspan: following the pods of node {node} for Kubernetes metadata");
@@ -164,6 +173,8 @@ pub async fn run_with(
             _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
             _ = deadline => {}
+            // The sink's output went away (`kspan run | head`).
+            _ = output_closed.notified() => {}
         }
     };
     let reader = reader::Reader {
