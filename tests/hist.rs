@@ -234,32 +234,52 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn interactive_view_in_tmux() {
-    require_root();
-    assert!(
-        have("tmux"),
-        "tmux missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
-    );
-    let session = format!("kspan-test-{}", std::process::id());
-    let _ = tmux(&["kill-session", "-t", &session]);
-    let cmd = format!("{KSPAN} hist --comm dd --interval 300ms; echo EXITED $?; sleep 30");
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &cmd,
-    ]);
-    let capture = || tmux(&["capture-pane", "-p", "-t", &session]);
-    let wait_for = |what: &str| -> String {
+/// A tmux session; it (and kspan in it) is killed when the test ends, pass
+/// or fail.
+struct Session {
+    name: String,
+    /// `capture-pane`'s options for what `pane` shows.
+    capture: &'static [&'static str],
+}
+
+impl Session {
+    /// A detached session of `cols` x `rows` running `cmd`.
+    fn start(
+        prefix: &str,
+        (cols, rows): (u16, u16),
+        cmd: &str,
+        capture: &'static [&'static str],
+    ) -> Session {
+        let name = format!("{prefix}-{}", std::process::id());
+        let _ = tmux(&["kill-session", "-t", &name]);
+        let (cols, rows) = (cols.to_string(), rows.to_string());
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            &cols,
+            "-y",
+            &rows,
+            cmd,
+        ]);
+        Session { name, capture }
+    }
+
+    /// What the pane shows now.
+    fn pane(&self) -> String {
+        let mut args = vec!["capture-pane", "-p"];
+        args.extend_from_slice(self.capture);
+        args.extend(["-t", &self.name]);
+        tmux(&args)
+    }
+
+    /// The pane once it shows `what` (at most 15 s).
+    fn wait_for(&self, what: &str) -> String {
         let t0 = Instant::now();
         loop {
-            let pane = capture();
+            let pane = self.pane();
             if pane.contains(what) {
                 return pane;
             }
@@ -269,7 +289,33 @@ fn interactive_view_in_tmux() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-    };
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = tmux(&["kill-session", "-t", &self.name]);
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+#[test]
+fn interactive_view_in_tmux() {
+    require_root();
+    assert!(
+        have("tmux"),
+        "tmux missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
+    );
+    let cmd = format!("{KSPAN} hist --comm dd --interval 300ms; echo EXITED $?; sleep 30");
+    let session = Session::start("kspan-test", (120, 40), &cmd, &[]);
+    let capture = || session.pane();
+    let wait_for = |what: &str| session.wait_for(what);
     wait_for("q quit");
     let st = Command::new("dd")
         .args(["if=/dev/zero", "of=/dev/null", "bs=1", "count=20000"])
@@ -295,7 +341,6 @@ fn interactive_view_in_tmux() {
     tmux(&["send-keys", "-t", &session, "q"]);
     let pane = wait_for("EXITED");
     assert!(pane.contains("EXITED 0"), "{pane}");
-    let _ = tmux(&["kill-session", "-t", &session]);
 }
 
 #[test]
@@ -438,38 +483,13 @@ fn run_on_a_terminal_prints_one_line_per_span() {
     let (pb, pc) = (free_port(), free_port());
     let _c = HttpService::start(pc, &[], 0);
     let _b = HttpService::start(pb, &[format!("http://127.0.0.1:{pc}/stock/7")], 0);
-    let session = format!("kspan-run-{}", std::process::id());
-    let _ = tmux(&["kill-session", "-t", &session]);
     let cmd = format!(
         "{KSPAN} run --comm python3 --sampling off --no-tcp --metrics-addr '' \
          --min-duration 150ms --batch-timeout 300ms; echo EXITED $?; sleep 30"
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "200",
-        "-y",
-        "60",
-        &cmd,
-    ]);
-    let pane = || tmux(&["capture-pane", "-p", "-J", "-S", "-200", "-t", &session]);
-    let wait_for = |what: &str| -> String {
-        let t0 = Instant::now();
-        loop {
-            let p = pane();
-            if p.contains(what) {
-                return p;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(15),
-                "no {what:?} in:\n{p}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let session = Session::start("kspan-run", (200, 60), &cmd, &["-J", "-S", "-200"]);
+    let pane = || session.pane();
+    let wait_for = |what: &str| session.wait_for(what);
     wait_for("stop with Ctrl-C");
     assert!(pane().contains("spans to stdout (one line per span)"));
     let r = http_client(&["get", &format!("http://127.0.0.1:{pb}/orders/1"), "1"]);
@@ -533,7 +553,6 @@ fn run_on_a_terminal_prints_one_line_per_span() {
         end.contains("kspan: summary\n  spans ") && end.contains("  requests "),
         "{end}"
     );
-    let _ = tmux(&["kill-session", "-t", &session]);
 }
 
 /// `kspan run | head -3` stops kspan promptly and cleanly: exit 0, no retry warning, and

@@ -3,11 +3,13 @@
 serve PORT [--call URL]... [--slow-ms N]
     A ThreadingHTTPServer (one thread per connection). GET and POST: call each URL in
     order (urllib, a new connection each), then answer. /fail... answers 500, /missing...
-    404; every other path 200. --slow-ms sleeps that long before answering. POST bodies are
-    read whole (Content-Length) and their length is echoed.
+    404; every other path 200. /big... answers a body of 1 MiB (one write). --slow-ms
+    sleeps that long before answering. POST bodies are read whole (Content-Length) and
+    their length is echoed.
 
-get URL N [--traceparent TP]
+get URL N [--traceparent TP] [--numbered]
     N GETs, one connection each (urllib); prints {"ms": [...], "status": [...]}.
+    --numbered adds ?n=<i> to the i-th (each request its own id).
 
 pipelined HOST PORT PATH1 PATH2
     Two GETs written in one send on one connection; reads both responses.
@@ -17,6 +19,10 @@ split_post HOST PORT PATH BODY_PARTS...
 
 keepalive HOST PORT PATH N
     N GETs on one keep-alive connection (http.client).
+
+idle HOST PORT PATH SECONDS
+    One GET on a keep-alive connection, then the connection stays open, idle, for SECONDS.
+    Prints {"status": ..., "bytes": ...} as soon as the response is read.
 """
 import http.client
 import http.server
@@ -56,6 +62,8 @@ def serve(argv):
             else:
                 code = 200
             body = b"ok " + extra + b"\n"
+            if self.path.startswith("/big"):
+                body = b"x" * (1 << 20)
             self.send_response(code)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
@@ -81,11 +89,13 @@ def serve(argv):
 def get(argv):
     url, n = argv[0], int(argv[1])
     headers = {}
-    if len(argv) > 3 and argv[2] == "--traceparent":
-        headers["traceparent"] = argv[3]
+    if "--traceparent" in argv:
+        headers["traceparent"] = argv[argv.index("--traceparent") + 1]
+    numbered = "--numbered" in argv
     ms, status = [], []
-    for _ in range(n):
-        req = urllib.request.Request(url, headers=headers)
+    for i in range(n):
+        target = f"{url}?n={i}" if numbered else url
+        req = urllib.request.Request(target, headers=headers)
         t0 = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=10) as r:
@@ -154,6 +164,17 @@ def keepalive(argv):
     print(json.dumps({"status": status}), flush=True)
 
 
+def idle(argv):
+    host, port, path, seconds = argv[0], int(argv[1]), argv[2], float(argv[3])
+    c = http.client.HTTPConnection(host, port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    print(json.dumps({"status": r.status, "bytes": len(body)}), flush=True)
+    time.sleep(seconds)
+    c.close()
+
+
 if __name__ == "__main__":
     {"serve": serve, "get": get, "pipelined": pipelined, "split_post": split_post,
-     "keepalive": keepalive}[sys.argv[1]](sys.argv[2:])
+     "keepalive": keepalive, "idle": idle}[sys.argv[1]](sys.argv[2:])

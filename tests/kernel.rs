@@ -538,41 +538,59 @@ fn programs_are_gone_after_exit_and_after_a_crash() {
     }
 }
 
-/// `kspan events` shows HTTP transfers: the request read, the response written and the
-/// close, with the first line masked; the socket is the same for all three.
+/// `kspan events` shows each HTTP exchange once per side: the request and its response in
+/// one record, with the first line masked, the status, the bytes each way (a 1 MiB response
+/// is one record too), and the trace context the kernel assigned: the server's parent is
+/// the client's span on the other end of the connection.
 #[test]
-fn http_transfers_are_events() {
+fn http_exchanges_are_events() {
     require_root();
     let port = free_port();
     let server = HttpService::start(port, &[], 0);
-    let pid = server.pid().to_string();
-    let kspan = Kspan::start(&["--pid", &pid, "--no-syscalls", "--no-tcp"]);
+    let server_pid = server.pid();
+    let kspan = Kspan::start(&["--comm", "python3", "--no-syscalls", "--no-tcp"]);
     http_client(&[
         "get",
         &format!("http://127.0.0.1:{port}/x?email=jo@example.com"),
         "1",
     ]);
+    http_client(&["get", &format!("http://127.0.0.1:{port}/big"), "1"]);
     std::thread::sleep(Duration::from_millis(200));
     let (events, summary) = kspan.stop();
     drop(server);
     let http = events_of_kind(&events, "http");
-    let read = http
-        .iter()
-        .find(|e| e["http"]["dir"] == "read")
-        .unwrap_or_else(|| panic!("no read in {http:#?}"));
-    assert_eq!(read["http"]["first_line"], "GET /x?email=*** HTTP/1.1");
-    assert_eq!(read["http"]["message_start"], true);
-    assert_eq!(read["pid"].as_u64().unwrap().to_string(), pid);
-    let write = http
-        .iter()
-        .find(|e| e["http"]["dir"] == "write" && e["http"]["message_start"] == true)
-        .unwrap();
-    assert_eq!(write["http"]["first_line"], "HTTP/1.1 200 OK");
-    let close = http.iter().find(|e| e["http"]["dir"] == "close").unwrap();
-    for e in [write, close] {
-        assert_eq!(e["http"]["socket"], read["http"]["socket"]);
+    assert_eq!(http.len(), 4, "one record per exchange and side: {http:#?}");
+    let find = |role: &str, line: &str| {
+        *http
+            .iter()
+            .find(|e| e["http"]["role"] == role && e["http"]["request_line"] == line)
+            .unwrap_or_else(|| panic!("no {role} {line} in {http:#?}"))
+    };
+    let x = "GET /x?email=*** HTTP/1.1";
+    let (server, client) = (find("server", x), find("client", x));
+    assert_eq!(server["pid"].as_i64(), Some(server_pid));
+    for e in [server, client] {
+        assert_eq!(e["http"]["status"], 200);
+        assert!(e["http"]["request_bytes"].as_u64().unwrap() > 30);
+    }
+    assert_eq!(server["http"]["parent"], "peer");
+    assert_eq!(server["http"]["parent_span_id"], client["http"]["span_id"]);
+    assert_eq!(server["http"]["trace_id"], client["http"]["trace_id"]);
+    assert_eq!(client["http"]["parent"], "none");
+    assert_eq!(server["sport"], port);
+    assert_eq!(client["dport"], port);
+    // The server's span starts when the request was read, the client's when it was written.
+    assert!(server["ts_unix_ns"].as_u64() >= client["ts_unix_ns"].as_u64());
+    for role in ["server", "client"] {
+        let big = find(role, "GET /big HTTP/1.1");
+        assert!(
+            big["http"]["response_bytes"].as_u64().unwrap() > 1 << 20,
+            "{big}"
+        );
+        assert_eq!(big["http"]["response_captured"], 128, "{big}");
     }
     assert!(events_of_kind(&events, "syscall").is_empty());
+    assert_eq!(summary["submitted"], 4, "{summary}");
     assert_eq!(summary["lost_ringbuf_full"], 0, "{summary}");
     assert_eq!(summary["undecodable"], 0, "{summary}");
 }

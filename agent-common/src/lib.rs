@@ -21,13 +21,14 @@ pub enum EventKind {
     TcpConnect = 2,
     TcpAccept = 3,
     TcpClose = 4,
-    /// Bytes moved on a TCP socket that carries an application protocol the kernel detected
-    /// (see [`PayloadData`] and [`l7`]).
-    Payload = 5,
+    // 5 was `Payload` (one record per transfer), replaced by `Exchange`.
+    /// One request and its response on one side of a connection of an application protocol
+    /// the kernel detected (see [`ExchangeData`] and [`l7`]).
+    Exchange = 6,
 }
 
 /// Application (L7) protocols. The kernel detects them from the first bytes of a transfer
-/// (`agent-ebpf/src/programs/detect.rs`) and names them in [`PayloadData::protocol`];
+/// (`agent-ebpf/src/programs/detect.rs`) and names them in [`ExchangeData::protocol`];
 /// userspace parses each in its own module (`agent/src/l7/`). Numbers are part of the wire
 /// format: never reuse one.
 pub mod l7 {
@@ -75,6 +76,20 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A span's identity as the kernel assigns it: a W3C trace id and span id (all zero: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRef {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+impl TraceRef {
+    pub fn is_none(&self) -> bool {
+        self.span_id == [0; 8]
+    }
+}
+
 /// Payload of a syscall event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +101,9 @@ pub struct SyscallData {
     pub ret: i64,
     /// First argument (the fd for fd-based syscalls).
     pub arg0: u64,
+    /// The request span the thread was serving when the call ended (none: not serving
+    /// exactly one).
+    pub parent: TraceRef,
 }
 
 /// Payload of TCP events.
@@ -109,51 +127,107 @@ pub struct TcpData {
     pub retransmits: u32,
     /// Positive errno of a failed connect (`ECONNREFUSED`, `ETIMEDOUT`), or 0.
     pub error: u32,
+    /// Connect events: the request span the connecting thread was serving (none: not
+    /// serving exactly one).
+    pub parent: TraceRef,
 }
 
-/// Payload of a transfer event: a read or write on a TCP socket whose bytes start a message of
-/// a protocol the kernel detects ([`l7`]), or any later transfer on such a socket (bodies,
-/// heads split over several calls), or the socket's close (`PAYLOAD_FLAG_CLOSE`). The record
-/// is followed by `captured` bytes: the first bytes moved (at most the configured prefix).
-/// Records are variable-length: header, this, then the bytes.
+/// Payload of an exchange record: one request and its response (or the request alone, when
+/// the connection closed first) as one end of a connection moved them. The record is followed
+/// by `req_len` bytes (the first bytes of the request) and then `resp_len` bytes (the first
+/// bytes of the response). Records are variable-length: header, this, then the bytes.
+///
+/// The header's pid/tid/comm/cgroup are the thread that moved the request's first bytes; its
+/// `start_ns`/`duration_ns` are the span's (server: first request bytes read -> last response
+/// bytes written; client: request write began -> last response bytes read); its flags are
+/// `EXCH_FLAG_*`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PayloadData {
+pub struct ExchangeData {
     /// Kernel address of the socket: the connection's identity while it lives.
     pub sk: u64,
-    /// The fd the process used (0 on close records).
-    pub fd: u64,
-    /// Bytes the syscall moved (its return value).
-    pub len: u64,
-    /// Syscall number.
-    pub nr: u32,
-    /// Bytes that follow this struct in the record.
-    pub captured: u32,
-    /// The socket's ends, read from it when the transfer happened (0 family: unknown).
-    /// `AF_INET` (2) or `AF_INET6` (10).
+    /// Start of the syscall that moved the request's first bytes.
+    pub req_start_ns: u64,
+    /// End of that syscall.
+    pub req_first_end_ns: u64,
+    /// End of the syscall that moved the request's last bytes.
+    pub req_end_ns: u64,
+    /// Start of the syscall that moved the response's first bytes (0: no response).
+    pub resp_start_ns: u64,
+    /// End of the syscall that moved the response's last bytes (0: no response).
+    pub resp_end_ns: u64,
+    /// Bytes of the request and of the response moved.
+    pub req_bytes: u64,
+    pub resp_bytes: u64,
+    /// This exchange's span, as the kernel assigned it at the request's start.
+    pub ctx: TraceRef,
+    /// Its parent span (zero: none); `parent_kind` says where it came from.
+    pub parent_span_id: [u8; 8],
+    /// The exchange's number on the connection, from the first one the kernel saw.
+    pub seq: u32,
+    /// TCP sequence number of the request's first byte (0: unknown): the two ends of a
+    /// connection on one host see the same number.
+    pub req_tcp_seq: u32,
+    /// `l7::PROTOCOL_*`.
+    pub protocol: u16,
+    /// The socket's ends (0 family: unknown). `AF_INET` (2) or `AF_INET6` (10).
     pub family: u16,
     /// Local port, host byte order.
     pub sport: u16,
     /// Remote port, host byte order.
     pub dport: u16,
-    /// The socket's protocol (`l7::PROTOCOL_*`), as detected at its first message start.
-    pub protocol: u16,
+    /// Bytes of the request's start that follow this struct.
+    pub req_len: u16,
+    /// Bytes of the response's start that follow them.
+    pub resp_len: u16,
+    /// W3C trace flags of the span (bit 0: sampled by the caller).
+    pub trace_flags: u8,
+    /// `PARENT_*`: where the parent came from.
+    pub parent_kind: u8,
+    pub _pad: [u8; 2],
     /// Local and remote address: IPv4 in the first 4 bytes, or IPv6.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
 }
 
-/// `PayloadData` header flag: the process wrote (sent) the bytes; otherwise it read them.
-pub const PAYLOAD_FLAG_WRITE: u32 = 1;
-/// `PayloadData` header flag: the socket closed; no bytes follow.
-pub const PAYLOAD_FLAG_CLOSE: u32 = 2;
-/// `PayloadData` header flag: the bytes start a message of the socket's protocol.
-pub const PAYLOAD_FLAG_START: u32 = 4;
-/// Largest prefix of a transfer the kernel copies (the `http.prefix_bytes` setting is at most
-/// this).
-pub const PAYLOAD_PREFIX_MAX: usize = 4096;
-/// Smallest prefix the kernel can be asked to copy: enough for a request line.
-pub const PAYLOAD_PREFIX_MIN: usize = 64;
+/// `ExchangeData` header flag: the traced process is the client (it wrote the request);
+/// otherwise the server.
+pub const EXCH_FLAG_CLIENT: u32 = 1;
+/// The exchange ended with the connection's close.
+pub const EXCH_FLAG_CLOSED: u32 = 2;
+/// No response came before the connection closed (the request alone).
+pub const EXCH_FLAG_NO_RESPONSE: u32 = 4;
+/// The response's length was not known to the kernel: it ended where the next request began
+/// (or at close), so its end is the last response bytes moved before that.
+pub const EXCH_FLAG_END_AT_NEXT: u32 = 8;
+/// More than one request moved before this one's response (pipelining): the request head
+/// holds the first of them; the others are counted, not described.
+pub const EXCH_FLAG_PIPELINED: u32 = 16;
+/// The server found no trace context for the request when it started; userspace links it to
+/// its caller on this host if the caller's record says so (`req_tcp_seq`).
+pub const EXCH_FLAG_UNLINKED: u32 = 32;
+/// The request moved with the previous exchange's (pipelining): it is in that record's
+/// request head (when the head holds it), and this record has none of its own.
+pub const EXCH_FLAG_CONTINUED: u32 = 64;
+
+/// `ExchangeData::parent_kind`: no parent (a new trace).
+pub const PARENT_NONE: u8 = 0;
+/// From trace context the request carried (`traceparent`): the caller is another process,
+/// maybe on another host.
+pub const PARENT_REMOTE: u8 = 1;
+/// The client end of the same connection on this host.
+pub const PARENT_PEER: u8 = 2;
+/// The request the thread was serving when it sent this one.
+pub const PARENT_THREAD: u8 = 3;
+
+/// Most bytes of a request's start the kernel keeps (`l7.request_bytes` is at most this).
+pub const REQ_HEAD_MAX: usize = 1024;
+/// Most bytes of a response's start the kernel keeps (`l7.response_bytes` is at most this).
+pub const RESP_HEAD_MAX: usize = 256;
+/// Fewest bytes of a request's start the kernel can be asked to keep: a request line.
+pub const REQ_HEAD_MIN: usize = 64;
+/// Fewest of a response's: a status line.
+pub const RESP_HEAD_MIN: usize = 16;
 
 /// A ring-buffer record: header then payload.
 #[repr(C)]
@@ -165,15 +239,15 @@ pub struct Event<T> {
 
 pub type SyscallEvent = Event<SyscallData>;
 pub type TcpEvent = Event<TcpData>;
-pub type PayloadEvent = Event<PayloadData>;
+pub type ExchangeEvent = Event<ExchangeData>;
 
-/// A transfer record as the kernel builds it before sending its first
-/// `size_of::<PayloadEvent>() + captured` bytes.
+/// An exchange record as the kernel builds it before sending its first
+/// `size_of::<ExchangeEvent>() + req_len + resp_len` bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct PayloadRecord {
-    pub event: PayloadEvent,
-    pub buf: [u8; PAYLOAD_PREFIX_MAX],
+pub struct ExchangeRecord {
+    pub event: ExchangeEvent,
+    pub bytes: [u8; REQ_HEAD_MAX + RESP_HEAD_MAX],
 }
 
 /// `TcpData` flag: the connect failed (see `error`).
@@ -214,11 +288,16 @@ pub enum Counter {
     RingbufShed = 4,
     /// Calls not counted in the per-process histograms: their map was full.
     ProcHistFull = 5,
-    /// Sockets carrying an L7 protocol not followed: their table was full (a new message start
-    /// on such a socket is still captured).
+    /// Connections of an L7 protocol not followed: their table was full.
     L7TableFull = 6,
+    /// Transfers on sockets of an L7 protocol the kernel first saw in the middle of a
+    /// message (a response, or a body): not followed until a request starts.
+    L7MidStream = 7,
+    /// Request heads not kept: the table of heads in flight was full (the exchange still
+    /// gets its record, without its head).
+    L7HeadsFull = 8,
 }
-pub const COUNTERS_LEN: u32 = 8;
+pub const COUNTERS_LEN: u32 = 16;
 
 /// Filter flags in the `FILTER_FLAGS` global.
 pub const FILTER_PID: u32 = 1;
@@ -246,10 +325,13 @@ pub mod globals {
     pub const EMIT_TCP: &str = "EMIT_TCP";
     pub const TCP_SOCK_SRTT_US_OFFSET: &str = "TCP_SOCK_SRTT_US_OFFSET";
     pub const TCP_REQ_SNT_SYNACK_OFFSET: &str = "TCP_REQ_SNT_SYNACK_OFFSET";
-    // L7 payloads (programs/payload.rs).
-    pub const PAYLOAD_PREFIX: &str = "PAYLOAD_PREFIX";
+    // L7 exchanges (programs/exchange.rs).
+    pub const REQ_HEAD_BYTES: &str = "REQ_HEAD_BYTES";
+    pub const RESP_HEAD_BYTES: &str = "RESP_HEAD_BYTES";
     pub const SOCK_V6_DADDR_OFFSET: &str = "SOCK_V6_DADDR_OFFSET";
     pub const SOCK_V6_SADDR_OFFSET: &str = "SOCK_V6_SADDR_OFFSET";
+    pub const TCP_SOCK_WRITE_SEQ_OFFSET: &str = "TCP_SOCK_WRITE_SEQ_OFFSET";
+    pub const TCP_SOCK_COPIED_SEQ_OFFSET: &str = "TCP_SOCK_COPIED_SEQ_OFFSET";
     pub const ALL: &[&str] = &[
         SELF_TGID,
         FILTER_FLAGS,
@@ -264,9 +346,12 @@ pub mod globals {
         EMIT_TCP,
         TCP_SOCK_SRTT_US_OFFSET,
         TCP_REQ_SNT_SYNACK_OFFSET,
-        PAYLOAD_PREFIX,
+        REQ_HEAD_BYTES,
+        RESP_HEAD_BYTES,
         SOCK_V6_DADDR_OFFSET,
         SOCK_V6_SADDR_OFFSET,
+        TCP_SOCK_WRITE_SEQ_OFFSET,
+        TCP_SOCK_COPIED_SEQ_OFFSET,
     ];
 }
 
@@ -286,8 +371,11 @@ pub mod maps {
     pub const FILTER_COMMS: &str = "FILTER_COMMS";
     pub const FILTER_SYSCALLS: &str = "FILTER_SYSCALLS";
     pub const EXPECTED_ERRNOS: &str = "EXPECTED_ERRNOS";
-    pub const L7_SOCKS: &str = "L7_SOCKS";
-    pub const PAYLOAD_SCRATCH: &str = "PAYLOAD_SCRATCH";
+    pub const L7_CONNS: &str = "L7_CONNS";
+    pub const L7_HEADS: &str = "L7_HEADS";
+    pub const CLIENT_CTX: &str = "CLIENT_CTX";
+    pub const SERVING: &str = "SERVING";
+    pub const EXCH_SCRATCH: &str = "EXCH_SCRATCH";
     pub const SELF_PORTS: &str = "SELF_PORTS";
     pub const SELF_SOCKS: &str = "SELF_SOCKS";
     pub const ALL: &[&str] = &[
@@ -305,8 +393,11 @@ pub mod maps {
         FILTER_COMMS,
         FILTER_SYSCALLS,
         EXPECTED_ERRNOS,
-        L7_SOCKS,
-        PAYLOAD_SCRATCH,
+        L7_CONNS,
+        L7_HEADS,
+        CLIENT_CTX,
+        SERVING,
+        EXCH_SCRATCH,
         SELF_PORTS,
         SELF_SOCKS,
     ];
@@ -324,6 +415,7 @@ pub mod programs {
     pub const TCP_RETRANSMIT_SYNACK: &str = "tcp_retransmit_synack";
     pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
+    pub const TCP_SENDMSG_LOCKED: &str = "tcp_sendmsg_locked";
     /// Benchmark-only programs (`agent-ebpf/src/bench.rs`): the cost floors.
     pub const SYS_ENTER_RAW_EMPTY: &str = "sys_enter_raw_empty";
     pub const SYS_EXIT_RAW_EMPTY: &str = "sys_exit_raw_empty";
@@ -342,6 +434,7 @@ pub mod programs {
         TCP_RETRANSMIT_SYNACK,
         SOCK_SEND_LENGTH,
         SOCK_RECV_LENGTH,
+        TCP_SENDMSG_LOCKED,
         SYS_ENTER_RAW_EMPTY,
         SYS_EXIT_RAW_EMPTY,
         SYS_ENTER_TP_EMPTY,
@@ -367,15 +460,24 @@ pub struct ProcHistKey {
 pub struct SyscallStart {
     pub ts: u64,
     pub arg0: u64,
-    /// Second argument (classic tracepoints only; raw tracepoints read it at exit).
+    /// Second argument: saved at entry by the classic tracepoints (0: read it from the
+    /// registers).
     pub arg1: u64,
-    /// The TCP socket this call moved bytes on (set by `sock_send_length` /
-    /// `sock_recv_length` while the call runs), or 0.
+    /// The raw tracepoint's `struct pt_regs *` of the call (0 for classic tracepoints):
+    /// valid while the call runs, so programs that run inside it read arguments from it.
+    pub regs: u64,
+    /// The TCP socket this call moved bytes on (set by `tcp_sendmsg_locked`,
+    /// `sock_send_length` / `sock_recv_length` while the call runs), or 0.
     pub sk: u64,
     /// Syscall number + 1; 0 marks a free slot.
     pub nr1: u32,
-    pub _pad: u32,
+    /// `SLOT_SERVING`: the thread serves a request (kept between calls in array slots).
+    pub flags: u32,
 }
+
+/// `SyscallStart.flags`: the thread serves a server request (its `SERVING` entry is live), so
+/// its calls look their parent up; a clear flag spares them the lookup.
+pub const SLOT_SERVING: u32 = 1;
 
 /// Histogram index of the TCP connect latency histogram in `TCP_HIST`.
 pub const TCP_HIST_CONNECT: u32 = 0;
@@ -437,14 +539,21 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<EventHeader>(), 4 * 4 + 3 * 8 + COMM_LEN);
-        assert_eq!(size_of::<SyscallData>(), 24);
-        assert_eq!(size_of::<TcpData>(), 8 + 4 * 2 + 32 + 8);
-        assert_eq!(size_of::<SyscallEvent>(), 56 + 24);
-        assert_eq!(size_of::<TcpEvent>(), 56 + 56);
-        assert_eq!(size_of::<PayloadData>(), 72);
-        assert_eq!(size_of::<PayloadEvent>(), 56 + 72);
-        assert_eq!(size_of::<PayloadRecord>(), 56 + 72 + PAYLOAD_PREFIX_MAX);
-        assert_eq!(size_of::<SyscallStart>(), 40);
+        assert_eq!(size_of::<TraceRef>(), 24);
+        assert_eq!(size_of::<SyscallData>(), 24 + 24);
+        assert_eq!(size_of::<TcpData>(), 8 + 4 * 2 + 32 + 8 + 24);
+        assert_eq!(size_of::<SyscallEvent>(), 56 + 48);
+        assert_eq!(size_of::<TcpEvent>(), 56 + 80);
+        assert_eq!(
+            size_of::<ExchangeData>(),
+            8 * 8 + 24 + 8 + 4 * 2 + 2 * 6 + 4 + 32
+        );
+        assert_eq!(size_of::<ExchangeEvent>(), 56 + 152);
+        assert_eq!(
+            size_of::<ExchangeRecord>(),
+            56 + 152 + REQ_HEAD_MAX + RESP_HEAD_MAX
+        );
+        assert_eq!(size_of::<SyscallStart>(), 48);
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub struct KernelOffsets {
     pub sock_common_v6_daddr: Option<u32>,
     /// `struct sock_common.skc_v6_rcv_saddr`: the local IPv6 address.
     pub sock_common_v6_rcv_saddr: Option<u32>,
+    /// `struct tcp_sock.write_seq` (u32): the sequence number of the next byte the process
+    /// writes (read before a client request's bytes are queued).
+    pub tcp_sock_write_seq: Option<u32>,
+    /// `struct tcp_sock.copied_seq` (u32): the sequence number of the next byte the process
+    /// reads (after a server's read: its first byte's is this minus what was read).
+    pub tcp_sock_copied_seq: Option<u32>,
 }
 
 /// Offsets for the running kernel; an error says why none could be read.
@@ -99,6 +105,8 @@ pub fn offsets_from(data: &[u8]) -> Result<KernelOffsets, String> {
         tcp_request_sock_snt_synack: btf.member_offset("tcp_request_sock", "snt_synack"),
         sock_common_v6_daddr: btf.member_offset("sock_common", "skc_v6_daddr"),
         sock_common_v6_rcv_saddr: btf.member_offset("sock_common", "skc_v6_rcv_saddr"),
+        tcp_sock_write_seq: btf.member_offset("tcp_sock", "write_seq"),
+        tcp_sock_copied_seq: btf.member_offset("tcp_sock", "copied_seq"),
     })
 }
 

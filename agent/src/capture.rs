@@ -89,10 +89,11 @@ pub struct CaptureConfig {
     /// only when slow, flagged `SYSCALL_FLAG_EXPECTED`. Errnos must be below
     /// `EXPECTED_ERRNO_LIMIT`.
     pub expected_errnos: Vec<(u32, u32)>,
-    /// Bytes of each transfer on a TCP socket of a detected L7 protocol to copy (0: L7
-    /// capture off). Set with [`CaptureConfig::capture_payloads`]: it rides on the syscall
-    /// programs.
-    pub payload_prefix: u32,
+    /// Bytes of each L7 request's start the kernel keeps (0: L7 capture off). Set with
+    /// [`CaptureConfig::capture_l7`]: it rides on the syscall programs.
+    pub l7_request_bytes: u32,
+    /// Bytes of each L7 response's start the kernel keeps.
+    pub l7_response_bytes: u32,
 }
 
 impl Default for CaptureConfig {
@@ -113,18 +114,21 @@ impl Default for CaptureConfig {
             starts: StartsTable::Auto,
             wakeup_bytes: None,
             expected_errnos: Vec::new(),
-            payload_prefix: 0,
+            l7_request_bytes: 0,
+            l7_response_bytes: 0,
         }
     }
 }
 
 impl CaptureConfig {
-    /// Captures the first `prefix` bytes of L7 transfers (0: none). L7 capture rides on the
+    /// Follows L7 exchanges, keeping the first `request_bytes` of each request and
+    /// `response_bytes` of each response (`request_bytes` 0: none). L7 capture rides on the
     /// syscall programs: they stay attached even when syscall spans are off (then they only
     /// feed the histograms and the L7 capture).
-    pub fn capture_payloads(&mut self, prefix: u32) {
-        self.payload_prefix = prefix;
-        if prefix != 0 && self.syscall_hook == SyscallHook::Off {
+    pub fn capture_l7(&mut self, request_bytes: u32, response_bytes: u32) {
+        self.l7_request_bytes = request_bytes;
+        self.l7_response_bytes = response_bytes;
+        if request_bytes != 0 && self.syscall_hook == SyscallHook::Off {
             self.syscall_hook = SyscallHook::RawTracepoint;
         }
     }
@@ -225,6 +229,13 @@ pub enum CaptureError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("the kernel's verifier refused {what}: a kspan bug on this kernel. Please report it with this message and the output of `kspan check`; meanwhile `--http off` (or `--no-tcp`, by the program named) may avoid the program.\n{detail}")]
+    Refused {
+        what: String,
+        detail: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("invalid setting: {0}")]
     Invalid(String),
     #[error("cgroup {path}: {source}. Give the path of a cgroup v2 directory (under /sys/fs/cgroup) or its numeric id")]
@@ -254,7 +265,12 @@ where
     let what = what.into();
     let io = io_error_in(&err);
     let errno = io.and_then(|e| e.raw_os_error());
-    if matches!(errno, Some(libc::EPERM) | Some(libc::EACCES)) {
+    // As root, EACCES from a program load is the verifier refusing the program (it says so
+    // in its log), not a missing privilege.
+    let refused = errno == Some(libc::EACCES)
+        && unsafe { libc::geteuid() } == 0
+        && what.starts_with("loading program");
+    if matches!(errno, Some(libc::EPERM) | Some(libc::EACCES)) && !refused {
         return CaptureError::Permission {
             what,
             source: Box::new(err),
@@ -269,6 +285,23 @@ where
         detail.push_str(": ");
         detail.push_str(&s.to_string());
         src = s.source();
+    }
+    // A verifier log runs to thousands of lines: its end says why.
+    let lines: Vec<&str> = detail.lines().collect();
+    if lines.len() > 25 {
+        detail = format!(
+            "{}\n  [... {} lines of the verifier's log ...]\n{}",
+            lines[0],
+            lines.len() - 21,
+            lines[lines.len() - 20..].join("\n")
+        );
+    }
+    if refused {
+        return CaptureError::Refused {
+            what,
+            detail,
+            source: Box::new(err),
+        };
     }
     CaptureError::Kernel {
         what,
@@ -333,10 +366,13 @@ struct Globals {
     emit_tcp: u32,
     srtt_offset: u32,
     synack_offset: u32,
-    // L7 payloads.
-    payload_prefix: u32,
+    // L7 exchanges.
+    req_head_bytes: u32,
+    resp_head_bytes: u32,
     v6_daddr: u32,
     v6_saddr: u32,
+    write_seq: u32,
+    copied_seq: u32,
 }
 
 impl Globals {
@@ -358,11 +394,16 @@ impl Globals {
             emit_tcp: (config.emit_tcp && config.tcp) as u32,
             srtt_offset: offsets.tcp_sock_srtt_us.unwrap_or(0),
             synack_offset: offsets.tcp_request_sock_snt_synack.unwrap_or(0),
-            payload_prefix: config
-                .payload_prefix
-                .min(agent_common::PAYLOAD_PREFIX_MAX as u32),
+            req_head_bytes: config
+                .l7_request_bytes
+                .min(agent_common::REQ_HEAD_MAX as u32),
+            resp_head_bytes: config
+                .l7_response_bytes
+                .min(agent_common::RESP_HEAD_MAX as u32),
             v6_daddr: offsets.sock_common_v6_daddr.unwrap_or(0),
             v6_saddr: offsets.sock_common_v6_rcv_saddr.unwrap_or(0),
+            write_seq: offsets.tcp_sock_write_seq.unwrap_or(0),
+            copied_seq: offsets.tcp_sock_copied_seq.unwrap_or(0),
         }
     }
 
@@ -389,10 +430,13 @@ impl Globals {
                 &self.synack_offset,
                 true,
             )
-            // L7 payloads (programs/payload.rs).
-            .override_global(globals::PAYLOAD_PREFIX, &self.payload_prefix, true)
+            // L7 exchanges (programs/exchange.rs).
+            .override_global(globals::REQ_HEAD_BYTES, &self.req_head_bytes, true)
+            .override_global(globals::RESP_HEAD_BYTES, &self.resp_head_bytes, true)
             .override_global(globals::SOCK_V6_DADDR_OFFSET, &self.v6_daddr, true)
-            .override_global(globals::SOCK_V6_SADDR_OFFSET, &self.v6_saddr, true);
+            .override_global(globals::SOCK_V6_SADDR_OFFSET, &self.v6_saddr, true)
+            .override_global(globals::TCP_SOCK_WRITE_SEQ_OFFSET, &self.write_seq, true)
+            .override_global(globals::TCP_SOCK_COPIED_SEQ_OFFSET, &self.copied_seq, true);
     }
 }
 
@@ -426,7 +470,7 @@ impl Capture {
             StartsTable::Array => true,
             StartsTable::Hash => false,
         };
-        let offsets = if config.tcp || config.payload_prefix != 0 {
+        let offsets = if config.tcp || config.l7_request_bytes != 0 {
             crate::btf::kernel_offsets().unwrap_or_else(|e| {
                 log::warn!(
                     "cannot read kernel BTF ({e}): accept events will not carry the handshake \
@@ -500,7 +544,7 @@ impl Capture {
                 }
             }
         }
-        let payloads = globals.payload_prefix != 0;
+        let payloads = globals.req_head_bytes != 0;
         if config.tcp || payloads {
             attach_tp(
                 &mut ebpf,
@@ -544,6 +588,20 @@ impl Capture {
                 "sock",
                 "sock_recv_length",
             )?;
+        }
+        // Client requests get their trace context before their bytes leave.
+        if payloads {
+            if let Err(e) = attach_raw(
+                &mut ebpf,
+                programs::TCP_SENDMSG_LOCKED,
+                "tcp_sendmsg_locked",
+            ) {
+                log::warn!(
+                    "{e}: this kernel has no tcp:tcp_sendmsg_locked tracepoint (Linux 6.10 and \
+                     later have it), so requests this host's processes send are not followed \
+                     (servers' requests still are)"
+                );
+            }
         }
 
         let ring = take_map(&mut ebpf, maps::EVENTS, RingBuf::try_from)?;
@@ -664,10 +722,13 @@ impl Capture {
         };
     }
 
-    /// Drains every record now in the ring buffer, calling `f` on each. Returns the count.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Drains up to `max` records now in the ring buffer, calling `f` on each. Returns the
+    /// count; records beyond `max` stay in the ring (where the kernel counts what no longer
+    /// fits), so a slow consumer pushes back on the kernel instead of queueing without bound.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        while n < max {
+            let Some(item) = self.ring.next() else { break };
             f(&item);
             n += 1;
         }

@@ -71,12 +71,16 @@ pub fn run_checks() -> Report {
             tcp_request_sock_snt_synack: Some(synack),
             sock_common_v6_daddr: Some(v6d),
             sock_common_v6_rcv_saddr: Some(v6s),
+            tcp_sock_write_seq: Some(ws),
+            tcp_sock_copied_seq: Some(cs),
         }) => (
             true,
             format!(
                 "{} read: TCP accept handshake times from tcp_sock.srtt_us (+{srtt}) and \
-                 tcp_request_sock.snt_synack (+{synack}); IPv6 ends of HTTP connections from \
-                 sock_common.skc_v6_daddr (+{v6d}) and skc_v6_rcv_saddr (+{v6s})",
+                 tcp_request_sock.snt_synack (+{synack}); IPv6 ends of L7 connections from \
+                 sock_common.skc_v6_daddr (+{v6d}) and skc_v6_rcv_saddr (+{v6s}); the two \
+                 ends of a connection on this host from tcp_sock.write_seq (+{ws}) and \
+                 copied_seq (+{cs})",
                 crate::btf::VMLINUX
             ),
         ),
@@ -84,7 +88,8 @@ pub fn run_checks() -> Report {
             false,
             format!(
                 "fields not found ({o:?}): accept events will carry no handshake time \
-                 (handshake_known=false), or HTTP records on IPv6 no addresses"
+                 (handshake_known=false), L7 records on IPv6 no addresses, or the two ends \
+                 of a connection on this host are linked by userspace alone"
             ),
         ),
         Err(e) => (
@@ -151,6 +156,7 @@ pub fn run_checks() -> Report {
         "tcp/tcp_retransmit_synack",
         "sock/sock_send_length",
         "sock/sock_recv_length",
+        "tcp/tcp_sendmsg_locked",
     ] {
         let ok = Path::new("/sys/kernel/tracing/events").join(tp).exists();
         items.push(Item {
@@ -166,11 +172,16 @@ pub fn run_checks() -> Report {
     }
     let mut will_use = Vec::new();
     let load = if privileged && tracefs {
-        match Capture::start(CaptureConfig {
+        let mut config = CaptureConfig {
             syscall_hook: SyscallHook::RawTracepoint,
             ring_buffer_bytes: 4096,
             ..Default::default()
-        }) {
+        };
+        config.capture_l7(
+            crate::l7::DEFAULT_REQUEST_BYTES,
+            crate::l7::DEFAULT_RESPONSE_BYTES,
+        );
+        match Capture::start(config) {
             Ok(mut c) => {
                 c.detach();
                 will_use.push("raw tracepoints sys_enter/sys_exit for syscall latency".into());
@@ -184,6 +195,7 @@ pub fn run_checks() -> Report {
                     crate::capture::pid_max()
                 ));
                 will_use.push("tracepoints sock/inet_sock_set_state, tcp/tcp_retransmit_skb, tcp/tcp_receive_reset, tcp/tcp_retransmit_synack for TCP; sock/sock_send_length, sock/sock_recv_length for the owner of connections accepted on listeners older than kspan".into());
+                will_use.push("raw tracepoint tcp_sendmsg_locked to give client requests their trace context before their bytes leave; one record per L7 exchange".into());
                 will_use.push("one BPF ring buffer, drained on a 10 ms timer".into());
                 Item {
                     name: "load and attach".into(),

@@ -16,6 +16,12 @@ pub fn unix_now_ns() -> u64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
+/// `CLOCK_MONOTONIC_COARSE` in ns (the last tick's: a few ms of resolution, and cheaper to
+/// read than the precise clock, for what is checked per event).
+pub fn coarse_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
 /// Current `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)

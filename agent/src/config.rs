@@ -503,23 +503,31 @@ impl Config {
         capture.emit_syscalls = c.syscall_spans;
         let h = &self.http;
         let l7 = if h.enabled {
-            if !crate::l7::PREFIX_BYTES_RANGE.contains(&h.prefix_bytes) {
-                return Err(invalid(
-                    "http.prefix_bytes",
-                    format!(
-                        "{} is outside {}..={}",
-                        h.prefix_bytes,
-                        crate::l7::PREFIX_BYTES_RANGE.start(),
-                        crate::l7::PREFIX_BYTES_RANGE.end()
-                    ),
-                ));
+            for (key, v, range) in [
+                (
+                    "http.request_bytes",
+                    h.request_bytes,
+                    crate::l7::REQUEST_BYTES_RANGE,
+                ),
+                (
+                    "http.response_bytes",
+                    h.response_bytes,
+                    crate::l7::RESPONSE_BYTES_RANGE,
+                ),
+            ] {
+                if !range.contains(&v) {
+                    return Err(invalid(
+                        key,
+                        format!("{v} is outside {}..={}", range.start(), range.end()),
+                    ));
+                }
             }
-            capture.capture_payloads(h.prefix_bytes);
+            capture.capture_l7(h.request_bytes, h.response_bytes);
             let redactor = crate::l7::redact::Redactor::new(&h.redact)
                 .map_err(|e| invalid("http.redact", e.to_string()))?;
             Some(crate::l7::tracker::L7Options {
                 ignore_ports: h.ignore_ports.clone(),
-                redactor,
+                redactor: std::sync::Arc::new(redactor),
             })
         } else {
             None
@@ -712,17 +720,29 @@ sampling:
 
     #[test]
     fn http_section() {
-        // On by default, with the default redaction and a 1 KiB prefix.
+        // On by default, with the default redaction and head sizes.
         let plan = Config::default().build().unwrap();
         let opts = plan.l7.expect("HTTP on by default");
-        assert_eq!(plan.capture.payload_prefix, crate::l7::DEFAULT_PREFIX_BYTES);
+        assert_eq!(
+            (
+                plan.capture.l7_request_bytes,
+                plan.capture.l7_response_bytes
+            ),
+            (
+                crate::l7::DEFAULT_REQUEST_BYTES,
+                crate::l7::DEFAULT_RESPONSE_BYTES
+            )
+        );
         assert_eq!(opts.redactor.redact("to=a@b.com"), "to=***");
         let c = Config::parse(
-            "http:\n  prefix_bytes: 256\n  ignore_ports: [9090]\n  redact: []\ncapture:\n  syscall_spans: false\n",
+            "http:\n  prefix_bytes: 512\n  ignore_ports: [9090]\n  redact: []\ncapture:\n  syscall_spans: false\n",
         )
         .unwrap();
         let plan = c.build().unwrap();
-        assert_eq!(plan.capture.payload_prefix, 256);
+        assert_eq!(
+            plan.capture.l7_request_bytes, 512,
+            "prefix_bytes is request_bytes"
+        );
         // HTTP rides on the syscall programs, which stay quiet.
         assert_eq!(
             plan.capture.syscall_hook,
@@ -737,10 +757,11 @@ sampling:
             .build()
             .unwrap();
         assert!(off.l7.is_none());
-        assert_eq!(off.capture.payload_prefix, 0);
+        assert_eq!(off.capture.l7_request_bytes, 0);
         for (text, key) in [
-            ("http: {prefix_bytes: 8}\n", "http.prefix_bytes"),
-            ("http: {prefix_bytes: 5000}\n", "http.prefix_bytes"),
+            ("http: {prefix_bytes: 8}\n", "http.request_bytes"),
+            ("http: {request_bytes: 5000}\n", "http.request_bytes"),
+            ("http: {response_bytes: 4}\n", "http.response_bytes"),
             ("http: {redact: [{name: x, regex: '('}]}\n", "http.redact"),
         ] {
             match Config::parse(text).unwrap().build() {

@@ -36,8 +36,8 @@ impl Tuple {
         }
     }
 
-    /// The ends of a transfer record's socket, as the kernel read them.
-    pub fn of_payload(d: &agent_common::PayloadData) -> Option<Tuple> {
+    /// The ends of an exchange record's socket, as the kernel read them.
+    pub fn of_exchange(d: &agent_common::ExchangeData) -> Option<Tuple> {
         if d.family == 0 || (d.sport == 0 && d.dport == 0) {
             return None;
         }

@@ -2,22 +2,24 @@
 //!
 //! Every record is length-checked before it is read; unknown kinds and short records are
 //! errors the caller counts, never a panic.
-use agent_common::{EventHeader, EventKind, PayloadData, SyscallData, TcpData, PAYLOAD_PREFIX_MAX};
+use agent_common::{
+    EventHeader, EventKind, ExchangeData, SyscallData, TcpData, REQ_HEAD_MAX, RESP_HEAD_MAX,
+};
 
 /// A decoded ring-buffer record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     Syscall(EventHeader, SyscallData),
     Tcp(EventKind, EventHeader, TcpData),
-    /// A transfer on a socket of a detected L7 protocol, and the bytes captured of it
-    /// (`captured` of them).
-    Payload(EventHeader, PayloadData, Vec<u8>),
+    /// An L7 exchange (one request and its response on one side of a connection), and the
+    /// first bytes of both: `req_len` of the request, then `resp_len` of the response.
+    Exchange(EventHeader, ExchangeData, Vec<u8>),
 }
 
 impl RawEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
-            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) | RawEvent::Payload(h, _, _) => h,
+            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) | RawEvent::Exchange(h, _, _) => h,
         }
     }
 
@@ -25,7 +27,7 @@ impl RawEvent {
         match self {
             RawEvent::Syscall(..) => EventKind::Syscall,
             RawEvent::Tcp(k, ..) => *k,
-            RawEvent::Payload(..) => EventKind::Payload,
+            RawEvent::Exchange(..) => EventKind::Exchange,
         }
     }
 }
@@ -36,8 +38,8 @@ pub enum DecodeError {
     Short { len: usize, need: usize },
     #[error("unknown event kind {kind}")]
     UnknownKind { kind: u32 },
-    #[error("payload record claims {captured} captured bytes (at most {PAYLOAD_PREFIX_MAX})")]
-    BadCapture { captured: u32 },
+    #[error("exchange record claims heads of {req} and {resp} bytes (at most {REQ_HEAD_MAX} and {RESP_HEAD_MAX})")]
+    BadHeads { req: u16, resp: u16 },
 }
 
 /// Reads a `T` from the start of `bytes` after checking the length.
@@ -67,27 +69,28 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         k if k == EventKind::TcpConnect as u32 => EventKind::TcpConnect,
         k if k == EventKind::TcpAccept as u32 => EventKind::TcpAccept,
         k if k == EventKind::TcpClose as u32 => EventKind::TcpClose,
-        k if k == EventKind::Payload as u32 => EventKind::Payload,
+        k if k == EventKind::Exchange as u32 => EventKind::Exchange,
         kind => return Err(DecodeError::UnknownKind { kind }),
     };
     Ok(match kind {
         EventKind::Syscall => RawEvent::Syscall(header, read(bytes, HEADER)?),
-        EventKind::Payload => {
-            let data: PayloadData = read(bytes, HEADER)?;
-            if data.captured as usize > PAYLOAD_PREFIX_MAX {
-                return Err(DecodeError::BadCapture {
-                    captured: data.captured,
+        EventKind::Exchange => {
+            let data: ExchangeData = read(bytes, HEADER)?;
+            if data.req_len as usize > REQ_HEAD_MAX || data.resp_len as usize > RESP_HEAD_MAX {
+                return Err(DecodeError::BadHeads {
+                    req: data.req_len,
+                    resp: data.resp_len,
                 });
             }
-            let from = HEADER + std::mem::size_of::<PayloadData>();
-            let need = from + data.captured as usize;
+            let from = HEADER + std::mem::size_of::<ExchangeData>();
+            let need = from + data.req_len as usize + data.resp_len as usize;
             if bytes.len() < need {
                 return Err(DecodeError::Short {
                     len: bytes.len(),
                     need,
                 });
             }
-            RawEvent::Payload(header, data, bytes[from..need].to_vec())
+            RawEvent::Exchange(header, data, bytes[from..need].to_vec())
         }
         k => RawEvent::Tcp(k, header, read(bytes, HEADER)?),
     })
@@ -111,7 +114,7 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
             out.extend_from_slice(bytes_of(h));
             out.extend_from_slice(bytes_of(d));
         }
-        RawEvent::Payload(h, d, bytes) => {
+        RawEvent::Exchange(h, d, bytes) => {
             out.extend_from_slice(bytes_of(h));
             out.extend_from_slice(bytes_of(d));
             out.extend_from_slice(bytes);
@@ -147,6 +150,10 @@ mod tests {
                 _pad: 0,
                 ret: -2,
                 arg0: u64::MAX,
+                parent: agent_common::TraceRef {
+                    trace_id: [7; 16],
+                    span_id: [8; 8],
+                },
             },
         );
         assert_eq!(decode(&encode(&ev)), Ok(ev));
@@ -172,6 +179,7 @@ mod tests {
                     daddr: [2; 16],
                     retransmits: 3,
                     error: 111,
+                    parent: Default::default(),
                 },
             );
             assert_eq!(decode(&encode(&ev)), Ok(ev));
@@ -179,21 +187,23 @@ mod tests {
     }
 
     #[test]
-    fn payload_round_trip_and_bad_lengths() {
-        let body = b"GET /x HTTP/1.1\r\n".to_vec();
-        let d = PayloadData {
+    fn exchange_round_trip_and_bad_lengths() {
+        let req = b"GET /x HTTP/1.1\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\n";
+        let d = ExchangeData {
             sk: 9,
-            fd: 4,
-            len: 100,
-            nr: 45,
-            captured: body.len() as u32,
+            req_bytes: 100,
+            resp_bytes: 20,
+            seq: 3,
+            protocol: agent_common::l7::PROTOCOL_HTTP1,
             family: 2,
             sport: 8080,
             dport: 40000,
-            protocol: agent_common::l7::PROTOCOL_HTTP1,
+            req_len: req.len() as u16,
+            resp_len: resp.len() as u16,
             ..Default::default()
         };
-        let ev = RawEvent::Payload(header(EventKind::Payload), d, body);
+        let ev = RawEvent::Exchange(header(EventKind::Exchange), d, [&req[..], resp].concat());
         let bytes = encode(&ev);
         assert_eq!(decode(&bytes), Ok(ev));
         assert!(matches!(
@@ -201,12 +211,15 @@ mod tests {
             Err(DecodeError::Short { .. })
         ));
         let mut big = bytes.clone();
-        let at = HEADER + 28;
-        big[at..at + 4].copy_from_slice(&(PAYLOAD_PREFIX_MAX as u32 + 1).to_le_bytes());
+        // req_len at its offset in ExchangeData: after 8 u64s, the 24-byte ctx, the parent id,
+        // seq, req_tcp_seq and four u16s.
+        let at = HEADER + 64 + 24 + 8 + 8 + 8;
+        big[at..at + 2].copy_from_slice(&(REQ_HEAD_MAX as u16 + 1).to_le_bytes());
         assert_eq!(
             decode(&big),
-            Err(DecodeError::BadCapture {
-                captured: PAYLOAD_PREFIX_MAX as u32 + 1
+            Err(DecodeError::BadHeads {
+                req: REQ_HEAD_MAX as u16 + 1,
+                resp: resp.len() as u16
             })
         );
     }
@@ -217,7 +230,10 @@ mod tests {
         let bytes = encode(&ev);
         assert_eq!(
             decode(&bytes[..bytes.len() - 1]),
-            Err(DecodeError::Short { len: 79, need: 80 })
+            Err(DecodeError::Short {
+                len: 103,
+                need: 104
+            })
         );
         assert_eq!(decode(&[]), Err(DecodeError::Short { len: 0, need: 56 }));
         let mut unknown = bytes.clone();
@@ -236,7 +252,7 @@ mod tests {
             let mut h = header(EventKind::Syscall);
             h.kind = kind; h.pid = pid; h.duration_ns = dur;
             let ev = if kind == 1 {
-                RawEvent::Syscall(h, SyscallData { nr, _pad: 0, ret, arg0: 0 })
+                RawEvent::Syscall(h, SyscallData { nr, ret, ..Default::default() })
             } else {
                 let k = match kind { 2 => EventKind::TcpConnect, 3 => EventKind::TcpAccept, _ => EventKind::TcpClose };
                 RawEvent::Tcp(k, h, TcpData { sport: nr as u16, ..Default::default() })

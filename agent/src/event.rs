@@ -2,9 +2,9 @@
 use std::collections::BTreeMap;
 
 use agent_common::{
-    EventHeader, EventKind, PayloadData, SyscallData, TcpData, PAYLOAD_FLAG_CLOSE,
-    PAYLOAD_FLAG_START, PAYLOAD_FLAG_WRITE, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
-    TCP_FLAG_PID_UNKNOWN,
+    EventHeader, EventKind, ExchangeData, SyscallData, TcpData, EXCH_FLAG_CLIENT, EXCH_FLAG_CLOSED,
+    EXCH_FLAG_END_AT_NEXT, EXCH_FLAG_NO_RESPONSE, EXCH_FLAG_PIPELINED, PARENT_PEER, PARENT_REMOTE,
+    PARENT_THREAD, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PID_UNKNOWN,
 };
 use serde::Serialize;
 
@@ -57,27 +57,42 @@ pub struct JsonEvent {
     /// Accept events: false when the handshake time is unknown (`duration_ns` is then 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_known: Option<bool>,
-    /// A transfer record, under its protocol's name (`"http": {...}`).
+    /// An exchange record, under its protocol's name (`"http": {...}`).
     #[serde(flatten)]
-    pub payload: BTreeMap<&'static str, PayloadJson>,
+    pub exchange: BTreeMap<&'static str, ExchangeJson>,
 }
 
-/// A transfer record on a socket of a detected L7 protocol (`kind` is the protocol's name).
+/// An exchange record (`kind` is the protocol's name): one request and its response on one
+/// side of a connection.
 #[derive(Debug, Serialize, PartialEq)]
-pub struct PayloadJson {
-    /// `read`, `write` or `close` (the socket closed).
-    pub dir: &'static str,
+pub struct ExchangeJson {
+    /// `server` (it read the request) or `client` (it wrote it).
+    pub role: &'static str,
     /// Kernel address of the socket, hex.
     pub socket: String,
-    /// Bytes the call moved.
-    pub bytes: u64,
-    /// Bytes captured of them.
-    pub captured: u32,
-    /// The bytes start a message of the protocol.
-    pub message_start: bool,
-    /// The first line of a message start, with personal data masked.
+    /// The exchange's number on the connection.
+    pub seq: u32,
+    /// The request's first line, with personal data masked.
+    pub request_line: String,
+    /// The response's status (absent: no response, or not parsed).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_line: Option<String>,
+    pub status: Option<u16>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Bytes of the request's and the response's starts the kernel kept.
+    pub request_captured: u16,
+    pub response_captured: u16,
+    /// The span the kernel assigned, hex.
+    pub trace_id: String,
+    pub span_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_span_id: Option<String>,
+    /// Where the parent came from: `remote` (traceparent), `peer` (the client end on this
+    /// host), `thread` (the request the thread served), `none`.
+    pub parent: &'static str,
+    /// `closed`, `no_response`, `length_unknown`, `pipelined`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<&'static str>,
 }
 
 impl JsonEvent {
@@ -107,49 +122,84 @@ impl JsonEvent {
             failed: None,
             pid_known: None,
             handshake_known: None,
-            payload: BTreeMap::new(),
+            exchange: BTreeMap::new(),
         };
         match ev {
             RawEvent::Syscall(_, d) => out.fill_syscall(d),
             RawEvent::Tcp(kind, h, d) => out.fill_tcp(*kind, h.flags, d),
-            RawEvent::Payload(h, d, bytes) => out.fill_payload(h.flags, d, bytes),
+            RawEvent::Exchange(h, d, bytes) => out.fill_exchange(h.flags, d, bytes),
         }
         out
     }
 
-    fn fill_payload(&mut self, flags: u32, d: &PayloadData, bytes: &[u8]) {
-        let protocol = crate::l7::protocol(d.protocol).map_or("unknown", |p| p.name());
-        self.kind = protocol;
-        let start = flags & PAYLOAD_FLAG_START != 0;
-        let first_line = start.then(|| {
-            let end = bytes
-                .iter()
-                .position(|&b| b == b'\r' || b == b'\n')
-                .unwrap_or(bytes.len());
-            static REDACTOR: std::sync::LazyLock<crate::l7::redact::Redactor> =
-                std::sync::LazyLock::new(crate::l7::redact::Redactor::default);
-            REDACTOR
-                .redact(&String::from_utf8_lossy(&bytes[..end]))
-                .into_owned()
-        });
-        if flags & PAYLOAD_FLAG_CLOSE == 0 {
-            self.fd = Some(d.fd);
+    fn fill_exchange(&mut self, flags: u32, d: &ExchangeData, bytes: &[u8]) {
+        static REDACTOR: std::sync::LazyLock<crate::l7::redact::Redactor> =
+            std::sync::LazyLock::new(crate::l7::redact::Redactor::default);
+        let Some(p) = crate::l7::protocol(d.protocol) else {
+            self.kind = "unknown_protocol";
+            return;
+        };
+        self.kind = p.name();
+        let req = (d.req_len as usize).min(bytes.len());
+        let (request, rest) = bytes.split_at(req);
+        let response = &rest[..(d.resp_len as usize).min(rest.len())];
+        let role = if flags & EXCH_FLAG_CLIENT != 0 {
+            crate::l7::Role::Client
+        } else {
+            crate::l7::Role::Server
+        };
+        let ex = crate::l7::Exchange {
+            role,
+            request,
+            response,
+            request_bytes: d.req_bytes,
+            response_bytes: d.resp_bytes,
+            flags,
+        };
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut named = Vec::new();
+        for (bit, name) in [
+            (EXCH_FLAG_CLOSED, "closed"),
+            (EXCH_FLAG_NO_RESPONSE, "no_response"),
+            (EXCH_FLAG_END_AT_NEXT, "length_unknown"),
+            (EXCH_FLAG_PIPELINED, "pipelined"),
+        ] {
+            if flags & bit != 0 {
+                named.push(name);
+            }
         }
-        let json = PayloadJson {
-            dir: if flags & PAYLOAD_FLAG_CLOSE != 0 {
-                "close"
-            } else if flags & PAYLOAD_FLAG_WRITE != 0 {
-                "write"
-            } else {
-                "read"
+        let json = ExchangeJson {
+            role: match role {
+                crate::l7::Role::Client => "client",
+                crate::l7::Role::Server => "server",
             },
             socket: format!("{:#x}", d.sk),
-            bytes: d.len,
-            captured: d.captured,
-            message_start: start,
-            first_line,
+            seq: d.seq,
+            request_line: p.first_line(&ex, &REDACTOR),
+            status: crate::l7::http::head::Response::status_of(response),
+            request_bytes: d.req_bytes,
+            response_bytes: d.resp_bytes,
+            request_captured: d.req_len,
+            response_captured: d.resp_len,
+            trace_id: hex(&d.ctx.trace_id),
+            span_id: hex(&d.ctx.span_id),
+            parent_span_id: (d.parent_span_id != [0; 8]).then(|| hex(&d.parent_span_id)),
+            parent: match d.parent_kind {
+                PARENT_REMOTE => "remote",
+                PARENT_PEER => "peer",
+                PARENT_THREAD => "thread",
+                _ => "none",
+            },
+            flags: named,
         };
-        self.payload.insert(protocol, json);
+        if let Some(t) = crate::conns::Tuple::of_exchange(d) {
+            self.family = Some(if t.local.is_ipv4() { "ipv4" } else { "ipv6" });
+            self.saddr = Some(t.local.ip().to_string());
+            self.daddr = Some(t.remote.ip().to_string());
+            self.sport = Some(t.local.port());
+            self.dport = Some(t.remote.port());
+        }
+        self.exchange.insert(p.name(), json);
     }
 
     fn fill_syscall(&mut self, d: &SyscallData) {

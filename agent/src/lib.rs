@@ -21,6 +21,7 @@ pub mod duration;
 pub mod event;
 pub mod governor;
 pub mod hist;
+pub mod item;
 pub mod k8s;
 pub mod l7;
 pub mod metrics;

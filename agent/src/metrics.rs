@@ -123,6 +123,7 @@ pub struct Stats {
     export_seconds: Histogram,
     queue_spans: Gauge,
     ring_fill_bytes: Gauge,
+    ring_read_bytes: Counter,
     open_connections: Gauge,
     budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     cpu_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -144,6 +145,8 @@ pub struct Totals {
     pub spans_exported: u64,
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
     pub queue_spans: i64,
+    /// Bytes of records read from the ring buffer.
+    pub ring_bytes: u64,
     /// Request spans (L7): what the tracker linked and held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<RequestTotals>,
@@ -177,6 +180,7 @@ impl Stats {
         ]);
         let queue_spans = Gauge::default();
         let ring_fill_bytes = Gauge::default();
+        let ring_read_bytes = Counter::default();
         let open_connections = Gauge::default();
         let budget = Family::<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let cpu_percent = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -228,6 +232,11 @@ impl Stats {
             ring_fill_bytes.clone(),
         );
         registry.register(
+            "ring_buffer_read_bytes",
+            "Bytes of records read from the ring buffer",
+            ring_read_bytes.clone(),
+        );
+        registry.register(
             "open_connections",
             "TCP connections followed",
             open_connections.clone(),
@@ -240,13 +249,13 @@ impl Stats {
         let requests = Family::<CountLabel, Gauge>::default();
         registry.register(
             "requests",
-            "Request spans (every L7 protocol) since start: transfers, server_spans, client_spans, linked, continued, ignored, unknown_protocol, evicted, released_early, traces_completed, held_spans",
+            "Request spans (every L7 protocol) since start: records, server_spans, client_spans, linked, linked_late, continued, children_of_requests, ignored, unknown_protocol, released_early, traces_completed, held_spans",
             requests.clone(),
         );
         let l7 = Family::<L7Label, Gauge>::default();
         registry.register(
             "l7",
-            "What each L7 protocol's parsers counted since start: requests, responses, not_parsed, truncated, unmatched, unanswered",
+            "What each L7 protocol's exchanges were since start: requests, responses, not_parsed, truncated, unanswered, pipelined, length_unknown",
             l7.clone(),
         );
         // Every reason shows up from the start, at 0.
@@ -263,6 +272,7 @@ impl Stats {
             export_seconds,
             queue_spans,
             ring_fill_bytes,
+            ring_read_bytes,
             open_connections,
             budget,
             cpu_percent,
@@ -317,8 +327,10 @@ impl Stats {
         self.queue_spans.set(spans as i64);
     }
 
+    /// Bytes found in the ring buffer at a drain (all of which were read).
     pub fn set_ring_fill(&self, bytes: usize) {
         self.ring_fill_bytes.set(bytes as i64);
+        self.ring_read_bytes.inc_by(bytes as u64);
     }
 
     pub fn set_requests(
@@ -329,14 +341,15 @@ impl Stats {
         held: usize,
     ) {
         for (count, v) in [
-            ("transfers", r.transfers),
+            ("records", r.records),
             ("server_spans", r.server_spans),
             ("client_spans", r.client_spans),
             ("linked", r.linked),
+            ("linked_late", r.linked_late),
             ("continued", r.continued),
+            ("children_of_requests", r.children_of_requests),
             ("ignored", r.ignored),
             ("unknown_protocol", r.unknown_protocol),
-            ("evicted", r.evicted),
             ("released_early", t.released_early),
             ("traces_completed", t.traces_completed),
             ("held_spans", held as u64),
@@ -426,16 +439,16 @@ impl Stats {
                 .get();
             dropped.insert(r.as_str(), v);
         }
-        let events = [
-            "syscall",
-            "tcp_connect",
-            "tcp_accept",
-            "tcp_close",
-            "payload",
-        ]
-        .iter()
-        .map(|&kind| self.events.get_or_create(&KindLabel { kind }).get())
-        .sum();
+        let events = crate::wire::EVENT_KINDS
+            .iter()
+            .map(|&k| {
+                self.events
+                    .get_or_create(&KindLabel {
+                        kind: crate::wire::kind_name(k),
+                    })
+                    .get()
+            })
+            .sum();
         let (requests, l7) = match self.request_totals.lock().ok().and_then(|g| g.clone()) {
             Some((r, p)) => (Some(r), Some(p)),
             None => (None, None),
@@ -446,6 +459,7 @@ impl Stats {
             spans_exported: self.spans_exported.get(),
             dropped,
             queue_spans: self.queue_spans.get(),
+            ring_bytes: self.ring_read_bytes.get(),
             requests,
             l7,
         }

@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     path::Path,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use agent_common::COMM_LEN;
@@ -146,7 +146,8 @@ fn hostname() -> Option<String> {
 struct Entry {
     comm: [u8; COMM_LEN],
     start_time: Option<u64>,
-    checked: Instant,
+    /// When it was last checked (`clock::coarse_ns`).
+    checked: u64,
     res: Arc<ProcResource>,
     /// In a container whose pod was not known yet: look again on the next event.
     pod_pending: Option<String>,
@@ -194,15 +195,14 @@ impl ProcessCache {
     /// The resource of `pid`, whose task had `comm` when the event happened. pid 0: the
     /// owner is unknown (e.g. a listener older than kspan).
     pub fn get(&mut self, pid: u32, comm: &[u8; COMM_LEN]) -> Arc<ProcResource> {
-        let now = Instant::now();
-        let pods = self.pods.clone();
+        let now = crate::clock::coarse_ns();
         if let Some(e) = self.entries.get_mut(&pid) {
-            let pod_arrived = match (&e.pod_pending, &pods) {
+            let pod_arrived = match (&e.pod_pending, &self.pods) {
                 (Some(cid), Some(p)) => p.get(cid).is_some(),
                 _ => false,
             };
             if e.comm == *comm && !pod_arrived {
-                if now.duration_since(e.checked) < REVALIDATE_AFTER {
+                if now.saturating_sub(e.checked) < REVALIDATE_AFTER.as_nanos() as u64 {
                     return e.res.clone();
                 }
                 let st = start_time(&self.proc_root.join(pid.to_string()));

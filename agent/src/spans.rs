@@ -23,7 +23,7 @@ use agent_common::{
     TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PID_UNKNOWN,
 };
 use opentelemetry::{
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
@@ -33,8 +33,9 @@ use crate::{
     clock::WallClock,
     conns::{Conns, FdResolver, ProcFdResolver, Tuple},
     decode::RawEvent,
+    item::{Item, Pending},
     l7::{
-        tracker::{L7Options, Output, RequestCounts, RequestSpan, Tracker},
+        tracker::{L7Options, Output, RequestCounts, Tracker},
         ProtocolCounts,
     },
     names,
@@ -119,21 +120,35 @@ impl<R: FdResolver> SpanBuilder<R> {
     }
 
     /// One event's spans, as groups ready for the samplers (none while its trace is held).
-    pub fn process(&mut self, ev: &RawEvent, out: &mut Vec<Group>) {
+    pub fn process(&mut self, ev: RawEvent, out: &mut Vec<Group>) {
         let h = ev.header();
         self.now_ns = self.now_ns.max(h.start_ns + h.duration_ns);
         match ev {
-            RawEvent::Payload(h, d, bytes) => self.payload(h, d, bytes, out),
-            _ => {
-                if let Some(b) = self.build(ev) {
+            RawEvent::Exchange(h, d, bytes) => self.exchange(&h, &d, bytes, out),
+            ev => {
+                let Some((b, served)) = self.build_with_parent(&ev) else {
+                    return;
+                };
+                let b = Item::Built(Box::new(b));
+                if served {
+                    // A child of a request span: held with its trace.
+                    self.holder.hold(b, self.now_ns, out);
+                } else {
                     self.holder.push(b, out);
                 }
             }
         }
     }
 
-    /// Releases traces held too long (call now and then).
+    /// Releases traces held too long (call now and then), and those that waited for a
+    /// caller's record in vain.
     pub fn expire(&mut self, out: &mut Vec<Group>) {
+        if let Some(t) = self.tracker.as_mut() {
+            let mut outputs = std::mem::take(&mut self.outputs);
+            t.expire(self.now_ns, &mut outputs);
+            self.apply(&mut outputs, out);
+            self.outputs = outputs;
+        }
         self.holder.expire(self.now_ns, out);
     }
 
@@ -142,73 +157,114 @@ impl<R: FdResolver> SpanBuilder<R> {
         self.holder.drain(out);
     }
 
-    /// The span of one syscall or TCP event (transfer records make none on their own).
+    /// The span of one syscall or TCP event (exchange records are request spans, made by
+    /// [`SpanBuilder::materialize`] once kept).
     pub fn build(&mut self, ev: &RawEvent) -> Option<Built> {
+        self.build_with_parent(ev).map(|(b, _)| b)
+    }
+
+    /// The span, and whether its parent is the request span its thread was serving.
+    fn build_with_parent(&mut self, ev: &RawEvent) -> Option<(Built, bool)> {
         match ev {
             RawEvent::Syscall(h, d) => Some(self.syscall(h, d)),
             RawEvent::Tcp(kind, h, d) => Some(self.tcp(*kind, h, d)),
-            RawEvent::Payload(..) => None,
+            RawEvent::Exchange(..) => None,
         }
     }
 
-    fn payload(
+    fn exchange(
         &mut self,
         h: &EventHeader,
-        d: &agent_common::PayloadData,
-        bytes: &[u8],
+        d: &agent_common::ExchangeData,
+        bytes: Vec<u8>,
         out: &mut Vec<Group>,
     ) {
         let Some(req) = self.tracker.as_mut() else {
             return;
         };
-        let conns = &mut self.conns;
         let mut outputs = std::mem::take(&mut self.outputs);
-        req.on_record(
-            h,
-            d,
-            bytes,
-            Tuple::of_payload(d).or_else(|| conns.tuple_of(d.sk)),
-            || conns.resolve(h.pid, d.fd),
-            &mut outputs,
-        );
+        let span = req.on_record(h, d, bytes, &mut outputs);
+        // A caller's record may first adopt the trace its server waited in.
+        self.apply(&mut outputs, out);
+        self.outputs = outputs;
+        if let Some(rs) = span {
+            self.request_span(rs, out);
+        }
+    }
+
+    /// A request span, into the holder: it completes its trace, or waits in it.
+    fn request_span(&mut self, rs: crate::l7::tracker::RequestSpan, out: &mut Vec<Group>) {
+        let Some(redactor) = self.tracker.as_ref().map(|t| t.redactor()) else {
+            return;
+        };
+        let root = rs.local_root;
+        let resource = self.procs.get(rs.pid, &rs.comm);
+        let end = self.clock.unix_ns(rs.end_ns);
+        let item = Item::Request(Box::new(Pending::new(resource, rs, end, redactor)));
+        if root {
+            self.holder.finish(item, out);
+        } else {
+            self.holder.hold(item, self.now_ns, out);
+        }
+    }
+
+    /// What the tracker produced, into the holder.
+    fn apply(&mut self, outputs: &mut Vec<Output>, out: &mut Vec<Group>) {
         for o in outputs.drain(..) {
             match o {
-                Output::Begin(t) => self.holder.begin(t, self.now_ns),
-                Output::Merge { from, to } => self.holder.merge(from, to, self.now_ns, out),
-                Output::Span(rs) => {
-                    let root = rs.local_root;
-                    let b = self.request_span(*rs);
-                    if root {
-                        self.holder.finish(b, out);
-                    } else {
-                        self.holder.push(b, out);
-                    }
+                Output::Merge {
+                    from,
+                    to,
+                    span,
+                    parent,
+                } => self
+                    .holder
+                    .merge(from, to, Some((span, parent)), self.now_ns, out),
+                Output::Release(t) => self.holder.release(t, out),
+            }
+        }
+    }
+
+    /// A kept item as a span to export: a request span is described now.
+    pub fn materialize(&self, item: Item) -> Built {
+        match item {
+            Item::Built(b) => *b,
+            Item::Request(mut p) => {
+                let d = p.take_description();
+                let rs = &p.span;
+                let ctx = match rs.caller_state() {
+                    Some(state) => SpanContext::new(
+                        rs.ctx.trace_id(),
+                        rs.ctx.span_id(),
+                        rs.ctx.trace_flags(),
+                        false,
+                        state,
+                    ),
+                    None => rs.ctx.clone(),
+                };
+                let start_time = self.clock.system_time(rs.start_ns);
+                let span = SpanData {
+                    span_context: ctx,
+                    parent_span_id: rs.parent.unwrap_or(SpanId::INVALID),
+                    parent_span_is_remote: rs.parent_remote,
+                    span_kind: rs.kind.clone(),
+                    name: Cow::Owned(d.name),
+                    start_time,
+                    end_time: start_time
+                        + Duration::from_nanos(rs.end_ns.saturating_sub(rs.start_ns)),
+                    attributes: d.attributes,
+                    dropped_attributes_count: 0,
+                    events: SpanEvents::default(),
+                    links: SpanLinks::default(),
+                    status: d.status,
+                    instrumentation_scope: self.scope.clone(),
+                };
+                Built {
+                    resource: p.resource.clone(),
+                    span,
                 }
             }
         }
-        self.outputs = outputs;
-    }
-
-    fn request_span(&mut self, rs: RequestSpan) -> Built {
-        let resource = self.procs.get(rs.pid, &rs.comm);
-        let mut span = self.span_data(
-            rs.ctx,
-            rs.parent.as_ref(),
-            rs.kind,
-            Cow::Owned(rs.name),
-            (rs.start_ns, rs.end_ns - rs.start_ns),
-            rs.attributes,
-            rs.status,
-        );
-        span.parent_span_is_remote = rs.parent_remote;
-        Built { resource, span }
-    }
-
-    /// The parent a thread's syscall or connect gets: the request it serves, if any.
-    fn thread_parent(&self, tid: u32, start_ns: u64) -> Option<SpanContext> {
-        self.tracker
-            .as_ref()
-            .and_then(|r| r.parent_of_thread(tid, start_ns))
     }
 
     fn new_context(&self, parent: Option<&SpanContext>) -> SpanContext {
@@ -278,14 +334,17 @@ impl<R: FdResolver> SpanBuilder<R> {
         }
     }
 
-    fn syscall(&mut self, h: &EventHeader, d: &SyscallData) -> Built {
+    fn syscall(&mut self, h: &EventHeader, d: &SyscallData) -> (Built, bool) {
         let resource = self.procs.get(h.pid, &h.comm);
         let mut attributes = Vec::with_capacity(7);
         attributes.push(KeyValue::new("thread.id", i64::from(h.tid)));
         attributes.push(KeyValue::new(attr::SYSCALL_NR, i64::from(d.nr)));
         attributes.push(KeyValue::new(attr::SYSCALL_RETURN, d.ret));
         attributes.push(KeyValue::new(attr::CGROUP_ID, h.cgroup_id as i64));
-        let mut parent = self.thread_parent(h.tid, h.start_ns);
+        // The request the thread was serving (the kernel says), else the connection the fd
+        // names.
+        let mut parent = served_by(&d.parent);
+        let served = parent.is_some();
         if names::first_arg_is_fd(d.nr) {
             attributes.push(KeyValue::new(attr::SYSCALL_FD, d.arg0 as i64));
             if parent.is_none() {
@@ -314,10 +373,10 @@ impl<R: FdResolver> SpanBuilder<R> {
             attributes,
             status,
         );
-        Built { resource, span }
+        (Built { resource, span }, served)
     }
 
-    fn tcp(&mut self, kind: EventKind, h: &EventHeader, d: &TcpData) -> Built {
+    fn tcp(&mut self, kind: EventKind, h: &EventHeader, d: &TcpData) -> (Built, bool) {
         let pid_known = h.flags & TCP_FLAG_PID_UNKNOWN == 0;
         let resource = if pid_known {
             self.procs.get(h.pid, &h.comm)
@@ -366,11 +425,7 @@ impl<R: FdResolver> SpanBuilder<R> {
             EventKind::TcpConnect => {
                 attributes.push(KeyValue::new("server.address", remote.ip().to_string()));
                 attributes.push(KeyValue::new("server.port", i64::from(remote.port())));
-                (
-                    SpanKind::Client,
-                    "tcp connect",
-                    self.thread_parent(h.tid, h.start_ns),
-                )
+                (SpanKind::Client, "tcp connect", served_by(&d.parent))
             }
             EventKind::TcpAccept => {
                 attributes.push(KeyValue::new("server.address", local.ip().to_string()));
@@ -405,8 +460,22 @@ impl<R: FdResolver> SpanBuilder<R> {
                 span.span_context.clone(),
             );
         }
-        Built { resource, span }
+        let served = kind == EventKind::TcpConnect && !d.parent.is_none();
+        (Built { resource, span }, served)
     }
+}
+
+/// The request span a thread was serving, as the kernel named it.
+fn served_by(r: &agent_common::TraceRef) -> Option<SpanContext> {
+    (!r.is_none()).then(|| {
+        SpanContext::new(
+            TraceId::from_bytes(r.trace_id),
+            SpanId::from_bytes(r.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -5,13 +5,22 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use agent_common::EventKind;
 
 /// Name of an event kind as it appears in output and metrics.
+/// Every event kind the kernel sends, in the order of their counters.
+pub const EVENT_KINDS: [EventKind; 5] = [
+    EventKind::Syscall,
+    EventKind::TcpConnect,
+    EventKind::TcpAccept,
+    EventKind::TcpClose,
+    EventKind::Exchange,
+];
+
 pub fn kind_name(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Syscall => "syscall",
         EventKind::TcpConnect => "tcp_connect",
         EventKind::TcpAccept => "tcp_accept",
         EventKind::TcpClose => "tcp_close",
-        EventKind::Payload => "payload",
+        EventKind::Exchange => "exchange",
     }
 }
 

@@ -17,6 +17,32 @@ pub struct Nginx {
 impl Nginx {
     /// Starts it and waits (at most 10 s) until it listens.
     pub fn start(port: u16, workers: u32) -> std::io::Result<Nginx> {
+        Nginx::with_locations(
+            port,
+            workers,
+            "location / { return 200 \"ok\\n\"; } \
+             location /missing { return 404; } location /fail { return 500; }",
+            "",
+        )
+    }
+
+    /// A reverse proxy to 127.0.0.1:`upstream`, over keep-alive connections.
+    pub fn proxy(port: u16, workers: u32, upstream: u16) -> std::io::Result<Nginx> {
+        Nginx::with_locations(
+            port,
+            workers,
+            "location / { proxy_pass http://up; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; }",
+            &format!("upstream up {{ server 127.0.0.1:{upstream}; keepalive 16; }}"),
+        )
+    }
+
+    fn with_locations(
+        port: u16,
+        workers: u32,
+        locations: &str,
+        http_extra: &str,
+    ) -> std::io::Result<Nginx> {
         let dir = std::env::temp_dir().join(format!("kspan-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(dir.join("logs"))?;
         let conf = dir.join("nginx.conf");
@@ -25,9 +51,8 @@ impl Nginx {
             format!(
                 "worker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log;\n\
                  events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; server {{ listen 127.0.0.1:{port}; \
-                 location / {{ return 200 \"ok\\n\"; }} \
-                 location /missing {{ return 404; }} location /fail {{ return 500; }} }} }}\n",
+                 http {{ access_log off; {http_extra} server {{ listen 127.0.0.1:{port}; \
+                 {locations} }} }}\n",
                 d = dir.display()
             ),
         )?;

@@ -86,7 +86,7 @@ fn under_kspan(config: &CaptureConfig, count: u64) -> anyhow::Result<(Duration, 
         let mut events = 0u64;
         let mut sum = 0u64;
         let mut drain = |c: &mut Capture| {
-            c.drain(|b| {
+            c.drain(usize::MAX, |b| {
                 if let Ok(ev) = decode::decode(b) {
                     events += 1;
                     sum = sum.wrapping_add(ev.header().duration_ns);
@@ -254,14 +254,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ..base.clone()
             },
         ),
-        kspan(
-            "kspan events + HTTP capture (1024-byte prefix; what kspan run loads)",
-            CaptureConfig {
+        kspan("kspan events + L7 exchanges (what kspan run loads)", {
+            let mut c = CaptureConfig {
                 starts: StartsTable::Array,
-                payload_prefix: agent::l7::DEFAULT_PREFIX_BYTES,
                 ..base.clone()
-            },
-        ),
+            };
+            c.capture_l7(
+                agent::l7::DEFAULT_REQUEST_BYTES,
+                agent::l7::DEFAULT_RESPONSE_BYTES,
+            );
+            c
+        }),
     ];
     let have_bpftrace = Command::new("bpftrace")
         .arg("--version")

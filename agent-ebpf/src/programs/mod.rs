@@ -2,16 +2,16 @@
 //!
 //! - `shared`: settings every program reads (self exclusion, process filters, ring buffer
 //!   thresholds), the ring buffer, the loss counters.
-//! - `starts`: each thread's in-flight syscall (shared by `syscall` and `payload`).
+//! - `starts`: each thread's in-flight syscall (shared by `syscall` and `exchange`).
 //! - `syscall`: syscall latency (histograms, slow and failed calls).
 //! - `tcp`: TCP connections (connect, accept, close, retransmits, resets).
-//! - `payload`: L7 capture (the first bytes of transfers on sockets of a detected protocol).
-//! - `detect`: which protocol a transfer's first bytes start (one function per protocol).
+//! - `exchange`: L7 exchanges (one record per request and response, with trace context).
+//! - `detect`: what the kernel knows of each protocol (request starts, response lengths).
 //!
 //! Each feature keeps its own settings (globals) and maps; userspace sets each feature's
 //! block of globals on its own (`agent/src/capture.rs`).
 mod detect;
-mod payload;
+mod exchange;
 mod shared;
 mod starts;
 mod syscall;

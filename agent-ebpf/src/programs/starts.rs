@@ -2,7 +2,7 @@
 //! and marked in between by the socket programs (`sk`) so that L7 capture knows a call moved
 //! bytes on a TCP socket. In an array indexed by tid (sized to `pid_max` by userspace, the
 //! fastest) or in a hash map (when `pid_max` is too large for an array).
-use agent_common::{Counter, SyscallStart};
+use agent_common::{Counter, SyscallStart, SLOT_SERVING};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::map,
@@ -23,12 +23,17 @@ static STARTS_ARRAY: Array<SyscallStart> = Array::with_max_entries(1, 0);
 #[map]
 static STARTS_HASH: HashMap<u32, SyscallStart> = HashMap::with_max_entries(1, 0);
 
-/// Records thread `tid`'s syscall start (a full table is counted).
+/// Records thread `tid`'s syscall start (a full table is counted). An array slot keeps its
+/// `flags`.
 #[inline(always)]
 pub fn begin(tid: u32, start: &SyscallStart) {
     if setting_u32(&STARTS_IN_ARRAY) != 0 {
         match STARTS_ARRAY.get_ptr_mut(tid) {
-            Some(p) => unsafe { *p = *start },
+            Some(p) => unsafe {
+                let flags = (*p).flags;
+                *p = *start;
+                (*p).flags = flags;
+            },
             None => count(Counter::StartTableFull),
         }
     } else if STARTS_HASH.insert(&tid, start, 0).is_err() {
@@ -52,6 +57,24 @@ pub fn take(tid: u32) -> Option<SyscallStart> {
         let _ = STARTS_HASH.remove(&tid);
         Some(s)
     }
+}
+
+/// Marks whether thread `tid` serves a request (array slots only: a hash slot lives for one
+/// call, so there every call looks its parent up).
+#[inline(always)]
+pub fn set_serving(tid: u32, on: bool) {
+    if setting_u32(&STARTS_IN_ARRAY) != 0 {
+        if let Some(p) = STARTS_ARRAY.get_ptr_mut(tid) {
+            unsafe { (*p).flags = if on { SLOT_SERVING } else { 0 } };
+        }
+    }
+}
+
+/// Whether the call `start` may belong to a request its thread serves (false: it does not,
+/// no lookup needed).
+#[inline(always)]
+pub fn may_serve(start: &SyscallStart) -> bool {
+    setting_u32(&STARTS_IN_ARRAY) == 0 || start.flags & SLOT_SERVING != 0
 }
 
 /// The in-flight syscall slot of thread `tid`, if it has one (its `nr1` is 0 when free).

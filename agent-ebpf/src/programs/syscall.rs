@@ -6,7 +6,7 @@
 //! buffer only for slow or failed calls.
 use agent_common::{
     log2_bucket, Counter, EventHeader, EventKind, ProcHistKey, SyscallData, SyscallEvent,
-    SyscallStart, EXPECTED_ERRNO_LIMIT, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS,
+    SyscallStart, TraceRef, EXPECTED_ERRNO_LIMIT, FILTER_SYSCALL, HIST_BUCKETS, MAX_SYSCALLS,
     SYSCALL_FLAG_EXPECTED,
 };
 use aya_ebpf::{
@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 
 use super::{
-    payload,
+    exchange,
     shared::{
         comm, count, ring_fill, setting_u32, setting_u64, submit_flags_at, task_selected, EVENTS,
         FILTER_FLAGS, SHED_BYTES,
@@ -74,9 +74,12 @@ static FILTER_SYSCALLS: Array<u32> = Array::with_max_entries(MAX_SYSCALLS as u32
 
 // ---- Syscalls ----
 
-/// Common sys_enter logic. Returns early for anything not selected.
+/// Common sys_enter logic. Returns early for anything not selected. `regs` (raw tracepoint,
+/// else null) is kept in the slot: `tcp_sendmsg_locked`, which runs inside the call, reads
+/// the second argument of a call that writes to a TCP socket from it, so other calls pay a
+/// store, not a read.
 #[inline(always)]
-fn on_sys_enter(nr: i64, arg0: u64, arg1: u64) {
+fn on_sys_enter(nr: i64, arg0: u64, arg1: u64, regs: *const u64) {
     if nr < 0 || nr >= MAX_SYSCALLS as i64 {
         return;
     }
@@ -100,9 +103,10 @@ fn on_sys_enter(nr: i64, arg0: u64, arg1: u64) {
         ts: unsafe { bpf_ktime_get_ns() },
         arg0,
         arg1,
+        regs: regs as u64,
         sk: 0,
         nr1: nr as u32 + 1,
-        _pad: 0,
+        flags: 0,
     };
     starts::begin(tid, &start);
 }
@@ -144,7 +148,7 @@ fn on_sys_exit(ret: i64, regs: *const u64) {
     syscall_done(&start, ret, regs, pid_tgid, now);
     // After the syscall's own event: userspace sees the call before the message it ends.
     if start.sk != 0 && ret > 0 {
-        payload::transfer(&start, ret, regs, pid_tgid, now);
+        exchange::transfer(&start, ret, regs, pid_tgid, now);
     }
 }
 
@@ -217,6 +221,11 @@ fn syscall_done(start: &SyscallStart, ret: i64, regs: *const u64, pid_tgid: u64,
             _pad: 0,
             ret,
             arg0: starts::arg(regs, 0, start.arg0),
+            parent: if starts::may_serve(start) {
+                exchange::serving(tid)
+            } else {
+                TraceRef::default()
+            },
         },
     });
     entry.submit(submit_flags_at(fill));
@@ -244,8 +253,9 @@ fn errno_expected(nr: u32, ret: i64) -> bool {
 /// `raw_syscalls:sys_enter` raw tracepoint: args `(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: *const u64 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
-    on_sys_enter(id, 0, 0);
+    on_sys_enter(id, 0, 0, regs);
     0
 }
 
@@ -264,7 +274,7 @@ pub fn sys_enter_tp(ctx: TracePointContext) -> u32 {
     let id: i64 = unsafe { ctx.read_at(8) }.unwrap_or(-1);
     let arg0: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
     let arg1: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
-    on_sys_enter(id, arg0, arg1);
+    on_sys_enter(id, arg0, arg1, core::ptr::null());
     0
 }
 

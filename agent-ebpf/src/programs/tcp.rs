@@ -4,9 +4,10 @@
 //! connection whose listener is older than kspan, and mark the syscalls that move bytes on
 //! TCP sockets for L7 capture.
 use agent_common::{
-    log2_bucket, Counter, EventHeader, EventKind, TcpData, TcpEvent, COMM_LEN, FILTER_CGROUP,
-    FILTER_COMM, FILTER_PID, HIST_BUCKETS, TCP_FLAG_FAILED, TCP_FLAG_HANDSHAKE_UNKNOWN,
-    TCP_FLAG_PASSIVE, TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT, TCP_HIST_CONNECT,
+    log2_bucket, Counter, EventHeader, EventKind, TcpData, TcpEvent, TraceRef, COMM_LEN,
+    FILTER_CGROUP, FILTER_COMM, FILTER_PID, HIST_BUCKETS, TCP_FLAG_FAILED,
+    TCP_FLAG_HANDSHAKE_UNKNOWN, TCP_FLAG_PASSIVE, TCP_FLAG_PID_UNKNOWN, TCP_HIST_ACCEPT,
+    TCP_HIST_CONNECT,
 };
 use aya_ebpf::{
     helpers::{
@@ -19,7 +20,7 @@ use aya_ebpf::{
 };
 
 use super::{
-    payload,
+    exchange,
     shared::{
         comm, count, setting_u32, submit_flags, task_selected, EVENTS, FILTER_FLAGS, SELF_TGID,
     },
@@ -62,6 +63,11 @@ struct Conn {
     flags: u32,
 }
 const CONN_RST: u32 = 1 << 31;
+
+/// The request span a connecting thread was serving, by socket address, until the connect
+/// span is made (only for threads serving exactly one request).
+#[map]
+static CONNECT_PARENTS: LruHashMap<u64, TraceRef> = LruHashMap::with_max_entries(4096, 0);
 
 /// Connections keyed by socket address.
 #[map]
@@ -162,6 +168,7 @@ fn tcp_data(ctx: &TracePointContext, skaddr: u64, retransmits: u32, error: u32) 
         daddr,
         retransmits,
         error,
+        parent: TraceRef::default(),
     }
 }
 
@@ -216,10 +223,24 @@ fn emit_tcp(
     if setting_u32(&EMIT_TCP) == 0 {
         return;
     }
-    submit_tcp(&TcpEvent {
-        header: tcp_header(kind, owner, flags, start, duration),
-        data: tcp_data(ctx, skaddr, retransmits, error),
-    });
+    let Some(mut entry) = EVENTS.reserve::<TcpEvent>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    // In place: a TcpEvent built on the stack and copied would not fit it.
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).header = tcp_header(kind, owner, flags, start, duration);
+        (*ev).data = tcp_data(ctx, skaddr, retransmits, error);
+        if kind == EventKind::TcpConnect {
+            if let Some(p) = CONNECT_PARENTS.get(&skaddr) {
+                (*ev).data.parent = *p;
+            }
+            let _ = CONNECT_PARENTS.remove(&skaddr);
+        }
+    }
+    entry.submit(submit_flags());
+    count(Counter::Submitted);
 }
 
 /// Any of the process filters (pid, comm, cgroup) in force.
@@ -257,7 +278,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         // connect(): process context, so the owner is the current task.
         (TCP_CLOSE, TCP_SYN_SENT) => {
             if (bpf_get_current_pid_tgid() >> 32) as u32 == setting_u32(&SELF_TGID) {
-                payload::self_connecting(skaddr);
+                exchange::self_connecting(skaddr);
             } else if let Some(owner) = current_owner() {
                 let conn = Conn {
                     owner,
@@ -267,6 +288,11 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
                 };
                 if CONNS.insert(&skaddr, &conn, 0).is_err() {
                     count(Counter::TcpTableFull);
+                }
+                // The request the connecting thread serves is the connect span's parent.
+                let parent = exchange::serving(owner.pid_tgid as u32);
+                if !parent.is_none() {
+                    let _ = CONNECT_PARENTS.insert(&skaddr, &parent, 0);
                 }
             }
         }
@@ -286,7 +312,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
         // Handshake done (softirq: the current task is not the owner).
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
             let sport: u16 = unsafe { ctx.read_at(24) }?;
-            if payload::self_established(skaddr, sport) {
+            if exchange::self_established(skaddr, sport) {
                 return Ok(());
             }
             let Some(c) = CONNS.get_ptr_mut(&skaddr) else {
@@ -392,7 +418,7 @@ fn try_sock_set_state(ctx: &TracePointContext) -> Result<(), i64> {
             }
         }
         (_, TCP_CLOSE) => {
-            payload::socket_closed(skaddr, now);
+            exchange::socket_closed(skaddr, now);
             let Some(conn) = (unsafe { CONNS.get(&skaddr) }).copied() else {
                 return Ok(());
             };
@@ -538,11 +564,11 @@ fn on_sock_io(ctx: &TracePointContext, recv: bool) -> Result<(), i64> {
         return Ok(());
     }
     let sk: u64 = unsafe { ctx.read_at(8) }?;
-    if payload::enabled() {
+    if exchange::enabled() {
         // MSG_PEEK (2): the bytes stay queued and are read again.
         let peek = recv && unsafe { ctx.read_at::<i32>(24) }.unwrap_or(0) & 2 != 0;
         if !peek {
-            payload::mark_socket_transfer(sk);
+            exchange::mark_socket_transfer(sk);
         }
     }
     let Some(mut ev) = (unsafe { PENDING_ACCEPTS.get(&sk) }).copied() else {

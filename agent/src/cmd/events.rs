@@ -127,7 +127,7 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = ready.ready() => {
-                capture.drain(|b| sink.emit(b));
+                capture.drain(usize::MAX, |b| sink.emit(b));
                 if let Err(e) = sink.out.flush() { sink.io_error.get_or_insert(e); }
             }
             _ = sigint.recv() => break,
@@ -141,7 +141,7 @@ pub async fn run(args: EventsArgs) -> Result<Summary, EventsError> {
     drop(ready);
     // Detach first so nothing new arrives, then drain what is left and count.
     capture.detach();
-    capture.drain(|b| sink.emit(b));
+    capture.drain(usize::MAX, |b| sink.emit(b));
     let summary = Summary::new(sink.events, sink.undecodable, capture.counters());
     let mut out = sink.out;
     if let Some(e) = sink.io_error {

@@ -110,11 +110,17 @@ pub struct CaptureArgs {
     /// Same as `--l7 off`.
     #[arg(long = "no-l7", visible_alias = "no-http", conflicts_with = "l7")]
     pub no_l7: bool,
-    /// Bytes of each L7 transfer the kernel copies [default: http.prefix_bytes].
-    #[arg(long = "l7-prefix-bytes", visible_alias = "http-prefix-bytes",
+    /// Bytes of each L7 request's start the kernel keeps [default: http.request_bytes].
+    /// (Also `--l7-prefix-bytes`, `--http-prefix-bytes`.)
+    #[arg(long = "l7-request-bytes", visible_aliases = ["l7-prefix-bytes", "http-prefix-bytes"],
           value_parser = clap::value_parser!(u32).range(
-              *crate::l7::PREFIX_BYTES_RANGE.start() as i64..=*crate::l7::PREFIX_BYTES_RANGE.end() as i64))]
-    pub l7_prefix_bytes: Option<u32>,
+              *crate::l7::REQUEST_BYTES_RANGE.start() as i64..=*crate::l7::REQUEST_BYTES_RANGE.end() as i64))]
+    pub l7_request_bytes: Option<u32>,
+    /// Bytes of each L7 response's start the kernel keeps [default: http.response_bytes].
+    #[arg(long = "l7-response-bytes",
+          value_parser = clap::value_parser!(u32).range(
+              *crate::l7::RESPONSE_BYTES_RANGE.start() as i64..=*crate::l7::RESPONSE_BYTES_RANGE.end() as i64))]
+    pub l7_response_bytes: Option<u32>,
 }
 
 impl CaptureArgs {
@@ -154,8 +160,11 @@ impl CaptureArgs {
         if self.no_l7 {
             c.http.enabled = false;
         }
-        if let Some(n) = self.l7_prefix_bytes {
-            c.http.prefix_bytes = n;
+        if let Some(n) = self.l7_request_bytes {
+            c.http.request_bytes = n;
+        }
+        if let Some(n) = self.l7_response_bytes {
+            c.http.response_bytes = n;
         }
     }
 }
@@ -253,6 +262,6 @@ mod tests {
         ] {
             Cli::try_parse_from(old).unwrap_or_else(|e| panic!("{old:?}: {e}"));
         }
-        assert!(Cli::try_parse_from(["kspan", "events", "--l7-prefix-bytes", "8"]).is_err());
+        assert!(Cli::try_parse_from(["kspan", "events", "--l7-request-bytes", "8"]).is_err());
     }
 }

@@ -10,18 +10,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::SpanKind;
 use serde::Serialize;
 
 use super::{ctrlc_flag, HistError, TopArgs};
 use crate::{
     capture::{Capture, SyscallHook},
-    conns::Tuple,
     decode::{decode, RawEvent},
     hist::fmt_ns,
     l7::{
-        tracker::{L7Options, Output, Tracker},
-        DEFAULT_PREFIX_BYTES,
+        tracker::{L7Options, Tracker},
+        DEFAULT_REQUEST_BYTES, DEFAULT_RESPONSE_BYTES,
     },
     procinfo::{HostResource, ProcessCache},
     quantile::nearest_rank,
@@ -97,7 +96,7 @@ pub fn run(a: &TopArgs) -> Result<(), HistError> {
     cc.emit_failed = false;
     cc.tcp = false;
     cc.emit_tcp = false;
-    cc.capture_payloads(DEFAULT_PREFIX_BYTES);
+    cc.capture_l7(DEFAULT_REQUEST_BYTES, DEFAULT_RESPONSE_BYTES);
     let mut capture = Capture::start(cc)?;
     let stop = ctrlc_flag().map_err(HistError::Terminal)?;
     eprintln!("kspan: following HTTP requests; stop with Ctrl-C");
@@ -105,29 +104,31 @@ pub fn run(a: &TopArgs) -> Result<(), HistError> {
     let mut procs = ProcessCache::new(HostResource { attributes: vec![] }, BTreeMap::new());
     let mut acc: BTreeMap<(String, &'static str, String), Acc> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut spans = Vec::new();
     let mut start = Instant::now();
     let mut shown = 0u64;
     let stdout = std::io::stdout();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        capture.drain(|b| {
-            if let Ok(RawEvent::Payload(h, d, bytes)) = decode(b) {
-                let known = Tuple::of_payload(&d);
-                requests.on_record(&h, &d, &bytes, known, || None, &mut out);
+        capture.drain(usize::MAX, |b| {
+            if let Ok(RawEvent::Exchange(h, d, bytes)) = decode(b) {
+                if let Some(s) = requests.on_record(&h, &d, bytes, &mut out) {
+                    spans.push(s);
+                }
             }
         });
-        for o in out.drain(..) {
-            if let Output::Span(s) = o {
-                let kind = match s.kind {
-                    SpanKind::Server => "server",
-                    _ => "client",
-                };
-                let service = procs.get(s.pid, &s.comm).service_name.clone();
-                let e = acc.entry((service, kind, s.name)).or_default();
-                e.durations.push(s.end_ns - s.start_ns);
-                if matches!(s.status, Status::Error { .. }) {
-                    e.errors += 1;
-                }
+        // Only the spans count here (links change no route).
+        out.clear();
+        for s in spans.drain(..) {
+            let kind = match s.kind {
+                SpanKind::Server => "server",
+                _ => "client",
+            };
+            let service = procs.get(s.pid, &s.comm).service_name.clone();
+            let e = acc.entry((service, kind, s.name.to_string())).or_default();
+            e.durations.push(s.end_ns - s.start_ns);
+            if s.summary.error {
+                e.errors += 1;
             }
         }
         let elapsed = start.elapsed();

@@ -125,8 +125,9 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     addr: 127.0.0.1:9464    log_interval: 1m
   governor:                 # optional: a CPU budget for kspan itself
     cpu_budget_percent: 5   max_min_duration: 1s
-  http:                     # HTTP/1.x request spans from socket reads and writes
-    enabled: true           prefix_bytes: 1024    ignore_ports: [9090]
+  http:                     # HTTP/1.x request spans, one kernel record per exchange
+    enabled: true           request_bytes: 256    response_bytes: 128
+    ignore_ports: [9090]
     redact: [{name: order, regex: '(?P<keep>order=)[0-9]+'}]   # default: e-mail, phone,
                             # card, national id, api_key/token/secret values; [] = none
   sampling: ...             # default: errors and >= 1s kept, the rest <= 10/s per key
@@ -324,10 +325,9 @@ fn summary_text(s: &RunSummary) -> String {
     }
     if let Some(l7) = &t.l7 {
         for (name, c) in l7.iter().filter(|(_, c)| c.requests > 0) {
-            let given_up = c.not_parsed + c.truncated + c.unmatched + c.unanswered;
             out.push_str(&format!(
-                "  {name:<10} {} requests, {} responses, {given_up} not followed (see --json)\n",
-                c.requests, c.responses
+                "  {name:<10} {} requests, {} answered, {} not parsed, {} unanswered\n",
+                c.requests, c.responses, c.not_parsed, c.unanswered
             ));
         }
     }

@@ -1,29 +1,31 @@
-//! The L7 layer: requests and responses of application protocols, found in the bytes a
-//! connection moves, become request spans.
+//! The L7 layer: requests and responses of application protocols, which the kernel follows
+//! per connection and sends as one record per exchange and side, become request spans.
 //!
-//! - Protocol-neutral, here: a transfer ([`Io`]) and its direction ([`Dir`]), which end of the
-//!   connection the traced process is ([`Role`]), the connection's ends as spans show them
-//!   ([`Ends`]), what a protocol module implements ([`Protocol`], [`Parser`], [`Message`]),
-//!   and the list of protocols ([`PROTOCOLS`]).
-//! - [`tracker`]: the per-connection correlator, the same for every protocol: it feeds each
-//!   connection's transfers to its protocol's parser, gives each request its span context
-//!   (an incoming trace context, else the client end of the same connection on this host,
-//!   else the request the thread serves, else a new trace), follows the thread serving a
-//!   request, and holds provisional traces until their links are known.
-//! - [`context`]: W3C trace context read from requests.
+//! - Protocol-neutral, here: an exchange as its record gives it ([`Exchange`]), which end of
+//!   the connection the traced process is ([`Role`]), the connection's ends as spans show them
+//!   ([`Ends`]), what a protocol module implements ([`Protocol`]), and the list of protocols
+//!   ([`PROTOCOLS`]).
+//! - [`tracker`]: the same for every protocol: each record becomes a request span with the
+//!   trace context the kernel assigned (its parent: the `traceparent` the request carried,
+//!   the client end of the connection on this host, or the request its thread served), and
+//!   the links the kernel could not make are repaired (a server that read its request before
+//!   its client's context was published).
+//! - [`context`]: W3C trace context.
 //! - [`redact`]: masking of personal data in captured text.
 //! - One module per protocol: [`http`] (HTTP/1.x).
 //!
 //! Adding a protocol (README, "Adding an L7 protocol"):
-//! 1. its id in `agent_common::l7` (`PROTOCOL_*`, never reused) and its detection function in
-//!    `agent-ebpf/src/programs/detect.rs` (one line in `detect::protocol`);
-//! 2. a module `l7/<name>/` implementing [`Protocol`] (name, id, a [`Parser`] per connection
-//!    that turns transfers into [`Found`] starts and exchanges) and [`Message`] (span name,
-//!    attributes and status per the protocol's semantic conventions, what is redacted);
+//! 1. its id in `agent_common::l7` (`PROTOCOL_*`, never reused), its request detection in
+//!    `agent-ebpf/src/programs/detect.rs` (one line in `detect::request`) and, if its heads
+//!    say how long a response is, that length there too (`detect::response_end`);
+//! 2. a module `l7/<name>/` implementing [`Protocol`]: its name and id, a summary of an
+//!    exchange for the samplers (span name, error) made without allocating, and the full
+//!    description of a kept one (name, attributes and status per the protocol's semantic
+//!    conventions, captured text through the redactor);
 //! 3. one entry in [`PROTOCOLS`].
 //!
-//! The tracker, spans, sampling, counters (`kspan_l7{protocol=...}`) and `kspan events`
-//! follow from that.
+//! The tracker, spans, sampling, counters (`kspan_l7{protocol=...}`), `kspan top --by route`
+//! and `kspan events` follow from that.
 pub mod context;
 pub mod http;
 pub mod redact;
@@ -31,39 +33,22 @@ pub mod tracker;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use opentelemetry::{
-    trace::{SpanContext, Status},
-    KeyValue,
-};
+use opentelemetry::{trace::Status, KeyValue};
 use serde::Serialize;
 
 use crate::conns::Tuple;
 
-/// Default bytes of each transfer the kernel copies (`http.prefix_bytes`, `kspan events
-/// --l7-prefix-bytes`).
-pub const DEFAULT_PREFIX_BYTES: u32 = 1024;
-/// The prefix sizes the kernel can be asked for.
-pub const PREFIX_BYTES_RANGE: std::ops::RangeInclusive<u32> =
-    agent_common::PAYLOAD_PREFIX_MIN as u32..=agent_common::PAYLOAD_PREFIX_MAX as u32;
-
-/// Direction of a transfer, from the traced process's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dir {
-    Read,
-    Write,
-}
-
-/// One syscall's transfer on a connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Io<'a> {
-    pub dir: Dir,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    /// The captured prefix of the bytes moved (at most `len` of them).
-    pub data: &'a [u8],
-    /// Bytes the syscall moved.
-    pub len: u64,
-}
+/// Default bytes of each request's start the kernel keeps (`http.request_bytes`,
+/// `--l7-request-bytes`).
+pub const DEFAULT_REQUEST_BYTES: u32 = 256;
+/// Default bytes of each response's start the kernel keeps (`http.response_bytes`).
+pub const DEFAULT_RESPONSE_BYTES: u32 = 128;
+/// The request head sizes the kernel can be asked for.
+pub const REQUEST_BYTES_RANGE: std::ops::RangeInclusive<u32> =
+    agent_common::REQ_HEAD_MIN as u32..=agent_common::REQ_HEAD_MAX as u32;
+/// The response head sizes the kernel can be asked for.
+pub const RESPONSE_BYTES_RANGE: std::ops::RangeInclusive<u32> =
+    agent_common::RESP_HEAD_MIN as u32..=agent_common::RESP_HEAD_MAX as u32;
 
 /// Which end of the connection the traced process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,32 +57,6 @@ pub enum Role {
     Server,
     /// It wrote the request and read the response.
     Client,
-}
-
-impl Role {
-    /// The role of the end that moved a request in direction `dir`.
-    pub fn of_request(dir: Dir) -> Role {
-        match dir {
-            Dir::Read => Role::Server,
-            Dir::Write => Role::Client,
-        }
-    }
-
-    /// The role of the end that moved a response in direction `dir`.
-    pub fn of_response(dir: Dir) -> Role {
-        match dir {
-            Dir::Read => Role::Client,
-            Dir::Write => Role::Server,
-        }
-    }
-
-    /// The direction requests move in at this end.
-    pub fn request_dir(self) -> Dir {
-        match self {
-            Role::Server => Dir::Read,
-            Role::Client => Dir::Write,
-        }
-    }
 }
 
 /// A connection's two ends as its spans show them: made once per connection and shared by
@@ -139,38 +98,42 @@ impl Ends {
     }
 }
 
-/// What a parser found in a transfer, in the order the connection moved it.
-#[derive(Debug)]
-pub enum Found {
-    /// A request started.
-    Started(Started),
-    /// A request and its response are complete.
-    Done(Exchange),
+/// One exchange as its kernel record gives it: what a protocol module reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    pub role: Role,
+    /// The first bytes of the request (`l7.request_bytes` of them at most).
+    pub request: &'a [u8],
+    /// The first bytes of the response (empty: none came).
+    pub response: &'a [u8],
+    /// Bytes of the request and of the response moved.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// `agent_common::EXCH_FLAG_*`.
+    pub flags: u32,
 }
 
-/// A request's start: what the tracker needs of it before it is answered.
-#[derive(Debug, Clone)]
-pub struct Started {
-    /// Its number on the connection (0 for the first one parsed).
-    pub seq: u64,
-    pub role: Role,
-    /// What identifies the request on both ends of the connection (a hash of the parts a
-    /// client sends and a server reads unchanged: for HTTP the method and target), so the
-    /// server end can be linked to its caller's span on this host.
-    pub link: u64,
-    /// The caller's span, from trace context the request carries.
-    pub context: Option<SpanContext>,
+impl Exchange<'_> {
+    /// Whether a response came.
+    pub fn answered(&self) -> bool {
+        self.flags & agent_common::EXCH_FLAG_NO_RESPONSE == 0
+    }
 }
 
-/// A request and its response.
-#[derive(Debug)]
-pub struct Exchange {
-    pub role: Role,
-    /// The request's number on the connection (that of its [`Started`]).
-    pub seq: u64,
-    /// Last byte of the response moved.
-    pub response_end_ns: u64,
-    pub message: Box<dyn Message>,
+/// What the samplers and the tracker need of an exchange (with the span name written beside
+/// it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The span's status is Error.
+    pub error: bool,
+    /// The heads parsed as this protocol (else the name is the protocol's alone).
+    pub parsed: bool,
+    /// The request's head went beyond the bytes kept (what was read is used).
+    pub truncated: bool,
+    /// Where a second request starts in the request bytes, when they hold more than one
+    /// (pipelining: the kernel sends the later ones' responses as exchanges of their own,
+    /// without request bytes).
+    pub next_request: Option<u16>,
 }
 
 /// A span's name, attributes and status.
@@ -181,75 +144,65 @@ pub struct Description {
     pub status: Status,
 }
 
-/// What describing a message may use besides the message.
+/// What describing an exchange may use besides its bytes.
 pub struct DescribeContext<'a> {
-    pub role: Role,
     /// The connection's ends, when known.
     pub ends: Option<&'a Ends>,
-    /// The thread that made the request or served it.
+    /// The thread that moved the request.
     pub tid: u32,
     pub redactor: &'a redact::Redactor,
 }
 
-/// A parsed request and response of one protocol.
-pub trait Message: Send + std::fmt::Debug {
-    /// The span's name, attributes and status, per the protocol's semantic conventions;
-    /// captured text passes through `cx.redactor`.
-    fn describe(&self, cx: &DescribeContext<'_>) -> Description;
-}
-
-/// What a protocol's parser counted on one connection (totals since it began).
+/// What a protocol's exchanges were (totals since start).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ParseCounts {
+    /// Exchanges (one per request and side).
     pub requests: u64,
+    /// Of them, answered.
     pub responses: u64,
-    /// Message starts that did not parse as this protocol.
+    /// Heads that did not parse as this protocol.
     pub not_parsed: u64,
-    /// Messages whose heads the capture prefix cut off (what was parsed is kept).
+    /// Request heads longer than the bytes kept (method, target and status still read).
     pub truncated: u64,
-    /// Responses with no request waiting for them.
-    pub unmatched: u64,
-    /// Requests never answered before the connection closed.
+    /// Requests whose connection closed before a response.
     pub unanswered: u64,
+    /// Exchanges of requests sent or read before the previous one's response (pipelining);
+    /// those whose request the previous head did not hold are also `not_parsed`.
+    pub pipelined: u64,
+    /// Responses whose length the kernel could not tell: they ended at the next request or
+    /// at close.
+    pub length_unknown: u64,
 }
 
 impl ParseCounts {
-    /// Adds `now - was` (both totals of one parser).
-    pub fn add_delta(&mut self, now: &ParseCounts, was: &ParseCounts) {
-        self.requests += now.requests - was.requests;
-        self.responses += now.responses - was.responses;
-        self.not_parsed += now.not_parsed - was.not_parsed;
-        self.truncated += now.truncated - was.truncated;
-        self.unmatched += now.unmatched - was.unmatched;
-        self.unanswered += now.unanswered - was.unanswered;
+    /// Counts one exchange.
+    pub fn add(&mut self, ex: &Exchange<'_>, summary: &Summary) {
+        use agent_common::{EXCH_FLAG_CONTINUED, EXCH_FLAG_END_AT_NEXT, EXCH_FLAG_PIPELINED};
+        self.requests += 1;
+        if ex.answered() {
+            self.responses += 1;
+        } else {
+            self.unanswered += 1;
+        }
+        self.not_parsed += u64::from(!summary.parsed);
+        self.truncated += u64::from(summary.truncated);
+        self.pipelined += u64::from(ex.flags & (EXCH_FLAG_PIPELINED | EXCH_FLAG_CONTINUED) != 0);
+        self.length_unknown += u64::from(ex.flags & EXCH_FLAG_END_AT_NEXT != 0);
     }
 
     /// `(name, value)` of each count, for metrics.
-    pub fn named(&self) -> [(&'static str, u64); 6] {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
         [
             ("requests", self.requests),
             ("responses", self.responses),
             ("not_parsed", self.not_parsed),
             ("truncated", self.truncated),
-            ("unmatched", self.unmatched),
             ("unanswered", self.unanswered),
+            ("pipelined", self.pipelined),
+            ("length_unknown", self.length_unknown),
         ]
     }
 }
-
-/// One connection's parser: transfers in, request starts and exchanges out. Must not panic
-/// on any input.
-pub trait Parser: Send {
-    fn on_io(&mut self, io: &Io<'_>, out: &mut Vec<Found>);
-    /// The connection closed at `now_ns`: what ends at close ends; requests still waiting
-    /// are counted as unanswered.
-    fn on_close(&mut self, now_ns: u64, out: &mut Vec<Found>);
-    fn counts(&self) -> ParseCounts;
-}
-
-/// Hashes what identifies a request on both ends ([`Started::link`]): seeded per tracker, so
-/// a peer cannot choose two requests with the same link.
-pub type LinkHasher = foldhash::fast::RandomState;
 
 /// An application protocol kspan parses.
 pub trait Protocol: Send + Sync {
@@ -257,10 +210,25 @@ pub trait Protocol: Send + Sync {
     fn name(&self) -> &'static str;
     /// The kernel's id for it (`agent_common::l7::PROTOCOL_*`).
     fn id(&self) -> u16;
-    /// Whether bytes start a message (as the kernel's detection decides).
-    fn starts_message(&self, data: &[u8]) -> bool;
-    /// A new connection's parser.
-    fn parser(&self, links: &LinkHasher) -> Box<dyn Parser>;
+    /// What the samplers need, for every exchange: the span's name written into `name`
+    /// (cleared first; low-cardinality, personal data masked by `redactor`) and its status.
+    /// It must not allocate but for `name`'s growth.
+    fn summarize(
+        &self,
+        ex: &Exchange<'_>,
+        redactor: &redact::Redactor,
+        name: &mut String,
+    ) -> Summary;
+    /// The span's name, attributes and status (for the exchanges that are kept).
+    fn describe(&self, ex: &Exchange<'_>, cx: &DescribeContext<'_>) -> Description;
+    /// A short line for `kspan events`: the request's first line, masked.
+    fn first_line(&self, ex: &Exchange<'_>, redactor: &redact::Redactor) -> String;
+}
+
+impl std::fmt::Debug for dyn Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Every protocol kspan parses, in the order of their counters.
@@ -323,6 +291,39 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&c).unwrap()["http"]["not_parsed"],
             serde_json::json!(0)
+        );
+    }
+
+    #[test]
+    fn counts_follow_the_flags() {
+        use agent_common::{EXCH_FLAG_END_AT_NEXT, EXCH_FLAG_NO_RESPONSE, EXCH_FLAG_PIPELINED};
+        let mut c = ParseCounts::default();
+        let ex = |flags| Exchange {
+            role: Role::Server,
+            request: b"",
+            response: b"",
+            request_bytes: 0,
+            response_bytes: 0,
+            flags,
+        };
+        let ok = Summary {
+            parsed: true,
+            ..Default::default()
+        };
+        c.add(&ex(0), &ok);
+        c.add(&ex(EXCH_FLAG_NO_RESPONSE), &Summary::default());
+        c.add(&ex(EXCH_FLAG_PIPELINED | EXCH_FLAG_END_AT_NEXT), &ok);
+        assert_eq!(
+            c,
+            ParseCounts {
+                requests: 3,
+                responses: 2,
+                not_parsed: 1,
+                truncated: 0,
+                unanswered: 1,
+                pipelined: 1,
+                length_unknown: 1,
+            }
         );
     }
 }

@@ -7,7 +7,6 @@
 //! counted as `queue_full`.
 use std::sync::Arc;
 
-use agent_common::EventKind;
 use opentelemetry::trace::Status;
 use tokio::sync::mpsc;
 
@@ -15,11 +14,12 @@ use super::{queue::QueueTx, MAX_CHUNK};
 use crate::{
     conns::ProcFdResolver,
     decode::RawEvent,
+    item::Item,
     metrics::{DropReason, Stats},
     sampling::{Outcome, Pipeline as Sampler},
     spans::{Built, SpanBuilder},
     traces::Group,
-    wire::kind_name,
+    wire::{kind_name, EVENT_KINDS},
 };
 
 /// How often the budget's spend is written to its state file (and once at exit).
@@ -48,20 +48,23 @@ pub async fn run(
             Err(_) => Vec::new(),
         };
         // Counted per received chunk, not per event: the stats are shared atomics.
-        let mut by_kind = [0u64; KINDS.len()];
-        for part in events.chunks(MAX_CHUNK) {
-            for ev in part {
-                let kind = ev.kind();
-                if let Some(i) = KINDS.iter().position(|k| *k == kind) {
-                    by_kind[i] += 1;
-                }
-                builder.process(ev, &mut groups);
+        let mut by_kind = [0u64; EVENT_KINDS.len()];
+        let mut n = 0;
+        for ev in events {
+            let kind = ev.kind();
+            if let Some(i) = EVENT_KINDS.iter().position(|k| *k == kind) {
+                by_kind[i] += 1;
             }
-            send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
+            builder.process(ev, &mut groups);
+            n += 1;
+            if n % MAX_CHUNK == 0 {
+                send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
+            }
         }
+        send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
         builder.expire(&mut groups);
         send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
-        for (k, n) in KINDS.iter().zip(by_kind) {
+        for (k, n) in EVENT_KINDS.iter().zip(by_kind) {
             stats.add_events(kind_name(*k), n);
         }
         stats.set_open_connections(builder.open_connections());
@@ -90,14 +93,6 @@ fn report_requests(builder: &SpanBuilder<ProcFdResolver>, stats: &Stats) {
     }
 }
 
-const KINDS: [EventKind; 5] = [
-    EventKind::Syscall,
-    EventKind::TcpConnect,
-    EventKind::TcpAccept,
-    EventKind::TcpClose,
-    EventKind::Payload,
-];
-
 /// How often held traces are checked for age when no events arrive.
 const EXPIRE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -122,17 +117,17 @@ fn send(
         let (spans, outcome) = match g {
             Group::One(b) => {
                 // One span: decided and placed without a Vec of its own.
-                let o = sampler.as_mut().map(|p| p.decide(&*b));
+                let o = sampler.as_mut().map(|p| p.decide(&b));
                 built += 1;
                 match o {
                     Some(o) if !o.keep => sampled_out += 1,
-                    _ => kept.place(*b, &o, sampler),
+                    _ => kept.place(builder.materialize(b), &o, sampler),
                 }
                 continue;
             }
             Group::Trace { spans, root } => {
                 let o = sampler.as_mut().map(|p| trace_outcome(p, &spans, root));
-                builder.record_decision(spans[root].span.span_context.trace_id(), o);
+                builder.record_decision(spans[root].trace_id(), o);
                 (spans, o)
             }
             Group::Late { spans, trace } => {
@@ -148,7 +143,7 @@ fn send(
             Some(o) if !o.keep => sampled_out += spans.len() as u64,
             _ => {
                 for b in spans {
-                    kept.place(b, &outcome, sampler);
+                    kept.place(builder.materialize(b), &outcome, sampler);
                 }
             }
         }
@@ -202,13 +197,13 @@ impl Kept {
 
 /// A trace's decision: its root's; if the root would be dropped but a span in the trace is an
 /// error the samplers keep, that span's decision (with its threshold) keeps the whole trace.
-fn trace_outcome(p: &mut Sampler, spans: &[Built], root: usize) -> Outcome {
+fn trace_outcome(p: &mut Sampler, spans: &[Item], root: usize) -> Outcome {
     let o = p.decide(&spans[root]);
     if o.keep {
         return o;
     }
     for (i, b) in spans.iter().enumerate() {
-        if i != root && matches!(b.span.status, Status::Error { .. }) {
+        if i != root && b.is_error() {
             let e = p.decide(b);
             if e.keep {
                 return e;

@@ -3,11 +3,15 @@
 //! overhead governor that reacts to it).
 //!
 //! Overflow policy: blocking. When the build stage is behind, the reader waits; the ring buffer
-//! absorbs the burst and the kernel counts what it cannot hold (`ringbuf_full`).
+//! absorbs the burst and the kernel counts what it cannot hold (`ringbuf_full`). Chunks hold
+//! at most `MAX_CHUNK` events, so what waits between the stages is bounded in events (a chunk
+//! per drain of the whole ring let a flood queue 3 M events, seconds of work, in userspace:
+//! the governor then saw the agent busy long after the kernel had stopped sending).
 use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 
+use super::{EVENT_QUEUE_CHUNKS, MAX_CHUNK};
 use crate::{
     capture::Capture,
     decode::{self, RawEvent},
@@ -53,8 +57,7 @@ impl Reader {
         loop {
             tokio::select! {
                 _ = ready.ready() => {
-                    let chunk = drain_events(&mut capture, &stats);
-                    if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+                    if !forward(&mut capture, &stats, &tx).await {
                         break;
                     }
                 }
@@ -87,7 +90,8 @@ impl Reader {
         capture.detach();
         stats.set_attached(false);
         loop {
-            let chunk = drain_events(&mut capture, &stats);
+            let (chunk, bytes) = drain_chunk(&mut capture, &stats);
+            stats.set_ring_fill(bytes);
             if chunk.is_empty() || tx.send(chunk).await.is_err() {
                 break;
             }
@@ -113,13 +117,33 @@ fn log_summary(t: &Totals) {
     );
 }
 
-/// Drains the ring buffer into decoded events; undecodable records are counted, and the
-/// bytes found are the ring buffer's fill level.
-fn drain_events(capture: &mut Capture, stats: &Stats) -> Vec<RawEvent> {
-    let mut out = Vec::new();
+/// One drain: what the ring holds now, in chunks of at most `MAX_CHUNK` events, and never
+/// more than `EVENT_QUEUE_CHUNKS` chunks before the reader looks at its timers again. The
+/// bytes found are the ring buffer's fill level. False when the build stage is gone.
+async fn forward(capture: &mut Capture, stats: &Stats, tx: &mpsc::Sender<Vec<RawEvent>>) -> bool {
+    let mut bytes = 0;
+    for _ in 0..EVENT_QUEUE_CHUNKS {
+        let (chunk, b) = drain_chunk(capture, stats);
+        bytes += b;
+        let last = chunk.len() < MAX_CHUNK;
+        if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+            return false;
+        }
+        if last {
+            break;
+        }
+    }
+    stats.set_ring_fill(bytes);
+    true
+}
+
+/// Decodes up to `MAX_CHUNK` records; undecodable ones are counted. Returns the events and
+/// the bytes read.
+fn drain_chunk(capture: &mut Capture, stats: &Stats) -> (Vec<RawEvent>, usize) {
+    let mut out = Vec::with_capacity(MAX_CHUNK);
     let mut bytes = 0usize;
     let mut bad = 0u64;
-    capture.drain(|b| {
+    capture.drain(MAX_CHUNK, |b| {
         bytes += b.len();
         match decode::decode(b) {
             Ok(ev) => out.push(ev),
@@ -130,6 +154,5 @@ fn drain_events(capture: &mut Capture, stats: &Stats) -> Vec<RawEvent> {
         }
     });
     stats.dropped(DropReason::Undecodable, bad);
-    stats.set_ring_fill(bytes);
-    out
+    (out, bytes)
 }

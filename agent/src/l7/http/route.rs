@@ -4,21 +4,36 @@
 /// A path with its variable segments (numbers, UUIDs, long hex or mixed tokens) replaced by
 /// `{id}`: a low-cardinality route such as `/orders/{id}/items`.
 pub fn infer_route(path: &str) -> String {
-    if path.is_empty() || !path.starts_with('/') {
-        return "/".into();
-    }
     let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
+    push_route(path, &mut out);
+    out
+}
+
+/// [`infer_route`], appended to `out` (no allocation when it has room).
+pub fn push_route(path: &str, out: &mut String) {
+    if !path.starts_with('/') {
+        out.push('/');
+        return;
+    }
+    let b = path.as_bytes();
+    // Each segment follows its '/' (the first, before the leading '/', is empty).
+    let mut start = 1;
+    out.push('/');
+    for end in memchr::memchr_iter(b'/', &b[1..])
+        .map(|i| i + 1)
+        .chain(std::iter::once(b.len()))
+    {
+        let seg = &path[start..end];
         if is_id(seg) {
             out.push_str("{id}");
         } else {
             out.push_str(seg);
         }
+        if end < b.len() {
+            out.push('/');
+        }
+        start = end + 1;
     }
-    out
 }
 
 fn is_id(seg: &str) -> bool {
