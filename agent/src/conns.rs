@@ -51,52 +51,117 @@ impl Tuple {
 /// Finds the 4-tuple of a process's socket fd.
 pub trait FdResolver: Send {
     fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple>;
+    /// Whether the last `None` may be wrong soon (the resolver did not look everywhere it
+    /// could): the caller then does not remember the fd as untraced.
+    fn unsure(&self) -> bool {
+        false
+    }
 }
 
-/// Resolves through /proc.
+/// The shortest time between two reads of one network namespace's socket tables: a read
+/// formats every socket of the namespace (TIME_WAIT ones included), about 1 ms per
+/// thousand, so reading them per lookup took a whole core at ~200 new connections/s.
+pub const TABLE_REFRESH: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Resolves through /proc: the fd's socket inode, then the inode's 4-tuple in a snapshot of
+/// its network namespace's `net/tcp` and `net/tcp6`, read again when an inode is missing
+/// from it (at most once per [`TABLE_REFRESH`]).
 pub struct ProcFdResolver {
     pub proc_root: PathBuf,
+    /// Per network namespace (its inode): when its tables were read, and inode -> ends.
+    tables: HashMap<u64, (std::time::Instant, HashMap<u64, Tuple>)>,
+    unsure: bool,
+    /// Reads of the socket tables (for the tests and the counters).
+    pub table_reads: u64,
 }
 
 impl Default for ProcFdResolver {
     fn default() -> Self {
         ProcFdResolver {
             proc_root: "/proc".into(),
+            tables: HashMap::new(),
+            unsure: false,
+            table_reads: 0,
         }
     }
 }
 
+/// The number in a `/proc` link such as `socket:[123]` or `net:[4026531840]`.
+fn link_number(path: &std::path::Path, prefix: &str) -> Option<u64> {
+    let link = std::fs::read_link(path).ok()?;
+    link.to_str()?
+        .strip_prefix(prefix)?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Most network namespaces whose socket tables are kept.
+const MAX_NETNS_TABLES: usize = 256;
+
 impl FdResolver for ProcFdResolver {
     fn resolve(&mut self, pid: u32, fd: u64) -> Option<Tuple> {
+        self.unsure = false;
         let dir = self.proc_root.join(pid.to_string());
-        let link = std::fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
-        let inode: u64 = link
-            .to_str()?
-            .strip_prefix("socket:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()?;
-        for f in ["net/tcp", "net/tcp6"] {
-            if let Ok(text) = std::fs::read_to_string(dir.join(f)) {
-                if let Some(t) = find_inode(&text, inode) {
-                    return Some(t);
-                }
+        let inode = link_number(&dir.join("fd").join(fd.to_string()), "socket:[")?;
+        let netns = link_number(&dir.join("ns/net"), "net:[").unwrap_or(0);
+        if let Some((_, t)) = self.tables.get(&netns) {
+            if let Some(t) = t.get(&inode) {
+                return Some(*t);
             }
         }
-        None
+        let fresh = self
+            .tables
+            .get(&netns)
+            .is_some_and(|(at, _)| at.elapsed() < TABLE_REFRESH);
+        if fresh {
+            // Read moments ago without it: maybe newer than the snapshot.
+            self.unsure = true;
+            return None;
+        }
+        let mut table = HashMap::new();
+        for f in ["net/tcp", "net/tcp6"] {
+            if let Ok(text) = std::fs::read_to_string(dir.join(f)) {
+                inodes(&text, &mut table);
+            }
+        }
+        self.table_reads += 1;
+        let found = table.get(&inode).copied();
+        if self.tables.len() >= MAX_NETNS_TABLES && !self.tables.contains_key(&netns) {
+            self.tables.clear();
+        }
+        self.tables
+            .insert(netns, (std::time::Instant::now(), table));
+        found
+    }
+
+    fn unsure(&self) -> bool {
+        self.unsure
+    }
+}
+
+/// Adds every socket of a /proc/net/tcp or tcp6 text to `out` (inode -> ends).
+fn inodes(text: &str, out: &mut HashMap<u64, Tuple>) {
+    for line in text.lines().skip(1) {
+        let mut f = line.split_whitespace();
+        let (Some(local), Some(remote)) = (f.nth(1), f.next()) else {
+            continue;
+        };
+        // After rem_address: st, tx:rx, tr:tm, retrnsmt, uid, timeout, inode.
+        let Some(inode) = f.nth(6).and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        if let (Some(l), Some(r)) = (parse_proc_addr(local), parse_proc_addr(remote)) {
+            out.insert(inode, Tuple::new(l, r));
+        }
     }
 }
 
 /// Looks up a socket inode in the text of /proc/net/tcp or tcp6.
 pub fn find_inode(text: &str, inode: u64) -> Option<Tuple> {
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 || f[9].parse::<u64>().ok() != Some(inode) {
-            continue;
-        }
-        return Some(Tuple::new(parse_proc_addr(f[1])?, parse_proc_addr(f[2])?));
-    }
-    None
+    let mut all = HashMap::new();
+    inodes(text, &mut all);
+    all.get(&inode).copied()
 }
 
 /// `0100007F:1F90` (IPv4) or 32 hex digits + port (IPv6): the address as the kernel's u32
@@ -235,7 +300,9 @@ impl<R: FdResolver> Conns<R> {
                 Some(ctx)
             }
             None => {
-                self.fds.insert((pid, fd), FdState::NotTraced);
+                if !self.resolver.unsure() {
+                    self.fds.insert((pid, fd), FdState::NotTraced);
+                }
                 None
             }
         }
@@ -285,6 +352,70 @@ mod tests {
         assert_eq!(t.local, "127.0.0.1:8081".parse().unwrap());
         assert_eq!(find_inode(TCP, 1), None);
         assert_eq!(find_inode("garbage\n1: zz:zz", 1), None);
+    }
+
+    /// A /proc with one process (pid 7) in network namespace 1.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn fake_proc(tcp: &str) -> TempDir {
+        let root =
+            TempDir(std::env::temp_dir().join(format!("kspan-fake-proc-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(root.path());
+        let p = root.path().join("7");
+        std::fs::create_dir_all(p.join("fd")).unwrap();
+        std::fs::create_dir_all(p.join("ns")).unwrap();
+        std::fs::create_dir_all(p.join("net")).unwrap();
+        std::os::unix::fs::symlink("socket:[4242]", p.join("fd/3")).unwrap();
+        std::os::unix::fs::symlink("socket:[31337]", p.join("fd/4")).unwrap();
+        std::os::unix::fs::symlink("socket:[999]", p.join("fd/5")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", p.join("fd/6")).unwrap();
+        std::os::unix::fs::symlink("net:[1]", p.join("ns/net")).unwrap();
+        std::fs::write(p.join("net/tcp"), tcp).unwrap();
+        root
+    }
+
+    #[test]
+    fn socket_tables_are_read_once_per_refresh_not_per_lookup() {
+        let root = fake_proc(TCP);
+        let mut r = ProcFdResolver {
+            proc_root: root.path().into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            r.resolve(7, 3).unwrap().remote,
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            r.resolve(7, 4).unwrap().local,
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(r.resolve(7, 6), None, "not a socket");
+        assert!(!r.unsure());
+        assert_eq!(r.table_reads, 1, "one read served both sockets");
+        // A socket newer than the snapshot: not found yet, and said to be unsure.
+        assert_eq!(r.resolve(7, 5), None);
+        assert!(r.unsure());
+        assert_eq!(r.table_reads, 1);
+        let newer = format!(
+            "{TCP}   2: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 20 4 30 10 -1\n"
+        );
+        std::fs::write(root.path().join("7/net/tcp"), newer).unwrap();
+        std::thread::sleep(TABLE_REFRESH);
+        assert_eq!(
+            r.resolve(7, 5).unwrap().local,
+            "127.0.0.1:40000".parse().unwrap()
+        );
+        assert_eq!(r.table_reads, 2);
     }
 
     struct Fixed(HashMap<(u32, u64), Tuple>, u32);
