@@ -67,7 +67,8 @@ fn main() -> ExitCode {
             .map(|text| println!("{}", text.trim_end())),
         ),
         Command::Run(args) => {
-            // Two workers: the reader and span builder on one, encoding and export on the other.
+            // Two workers for the reader, encoding and export, and the metrics endpoint; the
+            // span builder runs on a thread of its own (pipeline::run_with).
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
             report(block_on(&mut b, run::run(args)))

@@ -122,6 +122,20 @@ pub enum SinkError {
     Closed,
     #[error("shutdown deadline reached during export")]
     Deadline,
+    /// The call outlived its limit (the exporter's timeout and a margin) and was cancelled.
+    #[error("export call cancelled after {0:?} (exporter.timeout plus {CALL_MARGIN:?})")]
+    TimedOut(Duration),
+}
+
+/// What an export call may take beyond the exporter's own timeout before the export stage
+/// cancels it (the exporter's timeout error should come first).
+pub const CALL_MARGIN: Duration = Duration::from_secs(1);
+
+/// The longest one export call may take, end to end, retries inside the exporter included:
+/// its timeout (`exporter.timeout`, else `OTEL_EXPORTER_OTLP_{TRACES_,}TIMEOUT`, else 10 s)
+/// plus [`CALL_MARGIN`].
+pub fn call_limit(cfg: &ExporterSection) -> Duration {
+    cfg.timeout.unwrap_or_else(env_timeout) + CALL_MARGIN
 }
 
 /// The future of one export.

@@ -24,19 +24,27 @@ use crate::{
     spans::Built,
 };
 
-/// Awaits one export, giving up at `deadline` (the shutdown's) if there is one.
+/// Awaits one export for at most `limit`, and never past `deadline` (the shutdown's) if
+/// there is one: a call that hangs (a collector that accepts and never answers, a transport
+/// stuck below the exporter's own timeout) is cancelled and retried like a failure.
 async fn with_deadline(
+    limit: Duration,
     deadline: Option<Instant>,
     fut: crate::sink::ExportFuture<'_>,
 ) -> Result<(), SinkError> {
-    match deadline {
-        Some(d) => match tokio::time::timeout_at(d, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(SinkError::Deadline),
-        },
-        None => fut.await,
+    let own = Instant::now() + limit;
+    let (at, err) = match deadline {
+        Some(d) if d < own => (d, SinkError::Deadline),
+        _ => (own, SinkError::TimedOut(limit)),
+    };
+    match tokio::time::timeout_at(at, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(err),
     }
 }
+
+/// The limit of one export call when none is set: OTLP's default timeout plus the margin.
+pub const DEFAULT_CALL_LIMIT: Duration = Duration::from_secs(11);
 
 /// First delay before a failed batch is retried; doubles up to `MAX_RETRY_DELAY`.
 pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -64,6 +72,8 @@ pub struct ExportStage {
     output_closed: Arc<tokio::sync::Notify>,
     /// The sink's output is gone: what is left is counted, not sent.
     sink_closed: bool,
+    /// The longest one export call may take (`sink::call_limit`).
+    call_limit: Duration,
 }
 
 impl ExportStage {
@@ -84,7 +94,14 @@ impl ExportStage {
             last_error: None,
             output_closed,
             sink_closed: false,
+            call_limit: DEFAULT_CALL_LIMIT,
         }
+    }
+
+    /// Sets the longest one export call may take.
+    pub fn with_call_limit(mut self, limit: Duration) -> ExportStage {
+        self.call_limit = limit;
+        self
     }
 
     /// Spans that cannot go anywhere any more (the output closed): counted, released.
@@ -209,7 +226,8 @@ impl ExportStage {
                 },
             );
             let t0 = Instant::now();
-            let result = with_deadline(deadline, self.sink.export_batch(data)).await;
+            let result =
+                with_deadline(self.call_limit, deadline, self.sink.export_batch(data)).await;
             let n = all.len();
             self.done(result, n, t0, &mut failed, all);
         } else {
@@ -222,7 +240,12 @@ impl ExportStage {
                 let data: Vec<SpanData> = spans.iter().map(|b| b.span.clone()).collect();
                 let n = data.len();
                 let t0 = Instant::now();
-                let result = with_deadline(deadline, self.sink.export(&res.resource, data)).await;
+                let result = with_deadline(
+                    self.call_limit,
+                    deadline,
+                    self.sink.export(&res.resource, data),
+                )
+                .await;
                 self.done(result, n, t0, &mut failed, spans);
             }
         }
@@ -444,6 +467,60 @@ mod tests {
             t.spans_exported + t.dropped["queue_full"] + t.dropped["export_failed"],
             "{t:?}"
         );
+    }
+
+    /// A sink whose first call never ends (a collector that accepts and never answers, or a
+    /// transport stuck below the exporter's timeout), then works.
+    struct HangsOnce {
+        calls: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl Sink for HangsOnce {
+        fn export<'a>(&'a mut self, _: &'a Resource, spans: Vec<SpanData>) -> ExportFuture<'a> {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(spans.iter().map(|s| s.name.to_string()).collect());
+            if calls.len() == 1 {
+                Box::pin(std::future::pending())
+            } else {
+                Box::pin(std::future::ready(Ok(())))
+            }
+        }
+
+        fn shutdown(&mut self) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_never_ends_is_cancelled_at_its_limit_and_retried() {
+        let cfg = cfg();
+        let (tx, rx) = queue::bounded(cfg.queue_spans);
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::new());
+        let sink = HangsOnce {
+            calls: calls.clone(),
+        };
+        let task = tokio::spawn(
+            ExportStage::new(Box::new(sink), rx, cfg, stats.clone(), Default::default())
+                .with_call_limit(Duration::from_secs(2))
+                .run(),
+        );
+        let sent = tx.send((0..4).map(span).collect());
+        assert_eq!(sent.full, 0);
+        stats.add_spans_built(4);
+        // Before the limit: one call, still hanging, nothing exported.
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert_eq!(calls.lock().unwrap().len(), 1);
+        assert_eq!(stats.totals().spans_exported, 0);
+        // After it (and the first retry delay): cancelled, sent again, exported.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let seen = calls.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], seen[1], "the same batch, retried");
+        drop(tx);
+        task.await.unwrap();
+        let t = stats.totals();
+        assert_eq!(t.spans_exported, 4);
+        assert_eq!(t.dropped["export_failed"], 0);
+        reconciles(&t);
     }
 
     #[tokio::test(start_paused = true)]

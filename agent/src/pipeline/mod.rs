@@ -8,7 +8,7 @@
 //! - `reader`: drains the ring buffer and decodes; blocks when `build` is behind, so the
 //!   kernel counts `ringbuf_full`. Also refreshes kernel counters and runs the governor.
 //! - `build`: events -> spans with process/container/Kubernetes/connection context, then the
-//!   samplers (`sampled_out`).
+//!   samplers (`sampled_out`). On its own thread: it cannot starve the others.
 //! - `queue`: builder -> export, at most `pipeline.queue_spans` spans (`queue_full`).
 //! - `export`: batches, exports through a [`crate::sink::Sink`], retries until
 //!   `retry_max_elapsed` (`export_failed`), flushes within `shutdown_timeout` at exit.
@@ -58,6 +58,8 @@ pub enum RunError {
     Signal(#[source] std::io::Error),
     #[error("registering the ring buffer for polling: {0}")]
     RingPoll(#[source] std::io::Error),
+    #[error("starting the span builder's thread: {0}")]
+    BuildThread(#[source] std::io::Error),
 }
 
 /// Printed on stderr at exit (`kspan: summary {...}`).
@@ -100,6 +102,7 @@ pub async fn run_with(
         }
     }
     let stats = Arc::new(Stats::new());
+    let call_limit = sink::call_limit(&exporter);
     let (sink, desc) = match sink_override {
         Some((s, d)) => (s, d),
         None => {
@@ -133,6 +136,7 @@ pub async fn run_with(
             stats.clone(),
             output_closed.clone(),
         )
+        .with_call_limit(call_limit)
         .run(),
     );
     let pods = match crate::k8s::connect().await {
@@ -153,13 +157,22 @@ pub async fn run_with(
     if let Some(opts) = l7 {
         builder = builder.with_l7(opts);
     }
-    let build_task = tokio::spawn(build::run(
-        builder,
-        sampler,
-        event_rx,
-        span_tx,
-        stats.clone(),
-    ));
+    // The build stage is CPU work (and reads /proc): on a thread of its own, with a runtime
+    // of its own for its timers, it can never hold up the reader, the export stage or the
+    // metrics endpoint on the main runtime, however busy it is.
+    let build_stats = stats.clone();
+    let build_thread = std::thread::Builder::new()
+        .name("kspan-build".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt.block_on(build::run(builder, sampler, event_rx, span_tx, build_stats)),
+                Err(e) => log::error!("cannot start the build stage's runtime: {e}"),
+            }
+        })
+        .map_err(RunError::BuildThread)?;
     eprintln!("kspan: tracing (programs attached); spans to {desc}; stop with Ctrl-C");
 
     let stop = async move {
@@ -185,7 +198,8 @@ pub async fn run_with(
         log_interval: metrics_cfg.log_interval,
     };
     let capture = reader.run(event_tx, stop).await;
-    let _ = build_task.await;
+    // The reader has closed its channel: the build stage drains it and ends.
+    let _ = tokio::task::spawn_blocking(move || build_thread.join()).await;
     let _ = export_task.await;
     let kernel = capture.counters();
     stats.update_kernel(&kernel);
