@@ -285,6 +285,15 @@ fn stdout_is_the_default_exporter() {
     assert_eq!(summary["spans_built"], summary["spans_exported"]);
 }
 
+/// `kspan run` tracing `pid`, exporting OTLP/gRPC to the receiver on `grpc_port`, with `extra`
+/// arguments.
+fn run_to_grpc(pid: &str, grpc_port: u16, extra: &[&str]) -> Run {
+    let endpoint = format!("http://127.0.0.1:{grpc_port}");
+    let mut args = vec!["--pid", pid, "--endpoint", &endpoint, "--protocol", "grpc"];
+    args.extend_from_slice(extra);
+    Run::start(&args)
+}
+
 /// The receiver goes away for 10 s while traffic continues: kspan stays up with bounded
 /// memory, counts what it drops, and spans made after the restart arrive;
 /// exported + dropped == built.
@@ -296,26 +305,25 @@ fn collector_outage() {
     let trigger = Trigger::spawn("ticker", Some(20));
     let pid = trigger.pid().to_string();
     let metrics_port = free_port();
-    let run = Run::start(&[
-        "--pid",
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let run = run_to_grpc(
         &pid,
-        "--endpoint",
-        &format!("http://127.0.0.1:{grpc_port}"),
-        "--protocol",
-        "grpc",
-        "--export-timeout",
-        "2s",
-        "--batch-size",
-        "100",
-        "--batch-timeout",
-        "100ms",
-        "--queue-spans",
-        "1000",
-        "--retry-max-elapsed",
-        "60s",
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]);
+        grpc_port,
+        &[
+            "--export-timeout",
+            "2s",
+            "--batch-size",
+            "100",
+            "--batch-timeout",
+            "100ms",
+            "--queue-spans",
+            "1000",
+            "--retry-max-elapsed",
+            "60s",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
     let kspan_pid = run.pid();
     let ticker = std::thread::spawn(move || trigger.go());
     std::thread::sleep(Duration::from_secs(3));
@@ -409,20 +417,18 @@ fn outage_shorter_than_the_queue_loses_nothing() {
     let (grpc_port, http_port) = (rx.grpc_port, rx.http_port);
     let trigger = Trigger::spawn("ticker", Some(12));
     let pid = trigger.pid().to_string();
-    let run = Run::start(&[
-        "--pid",
+    let run = run_to_grpc(
         &pid,
-        "--endpoint",
-        &format!("http://127.0.0.1:{grpc_port}"),
-        "--protocol",
-        "grpc",
-        "--export-timeout",
-        "1s",
-        "--batch-timeout",
-        "100ms",
-        "--metrics-addr",
-        "",
-    ]);
+        grpc_port,
+        &[
+            "--export-timeout",
+            "1s",
+            "--batch-timeout",
+            "100ms",
+            "--metrics-addr",
+            "",
+        ],
+    );
     let ticker = std::thread::spawn(move || trigger.go());
     std::thread::sleep(Duration::from_secs(2));
     let before = rx.spans();

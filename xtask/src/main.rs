@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask bench-overhead`, `cargo xtask bench-export`,
-//! `cargo xtask bench-http`, `cargo xtask bench-analyze`.
+//! `cargo xtask bench-http`, `cargo xtask bench-analyze`, `cargo xtask soak`.
 mod analyze;
 mod export;
 mod http;
@@ -8,6 +8,7 @@ mod http;
 #[expect(dead_code, reason = "the tests read its pids; the benchmarks do not")]
 mod nginx;
 mod overhead;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,9 @@ enum Cmd {
     BenchHttp(http::Args),
     /// `kspan analyze` on a file of synthetic spans: time and peak memory.
     BenchAnalyze(analyze::Args),
+    /// Default `kspan run` for minutes under a mixed workload: RSS, threads, fds, queue and
+    /// drop counters over time, and the RSS slope; prints a Markdown table.
+    Soak(soak::Args),
     /// (internal) The paced syscall workload bench-export traces.
     #[command(hide = true)]
     Workload(export::WorkloadArgs),
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchExport(args) => export::run(args),
         Cmd::BenchHttp(args) => http::run(args),
         Cmd::BenchAnalyze(args) => analyze::run(args),
+        Cmd::Soak(args) => soak::run(args),
         Cmd::Workload(args) => export::workload(args),
     }
 }
