@@ -267,46 +267,35 @@ def getppid(n):
     return {"n": n}
 
 
+# Each action: the function that runs it, given the number after the action (0 if none).
+ACTIONS = {
+    "sleep": lambda _: sleep_thread(),
+    "openat": lambda _: openat_missing(),
+    "pipe": pipe_read,
+    "tcp4": lambda _: tcp(socket.AF_INET, "127.0.0.1"),
+    "tcp6": lambda _: tcp(socket.AF_INET6, "::1"),
+    "handshake": lambda arg: handshake(arg, int(sys.argv[3])),
+    "refused4": lambda _: refused(socket.AF_INET, "127.0.0.1"),
+    "refused6": lambda _: refused(socket.AF_INET6, "::1"),
+    "story": lambda _: story(),
+    "ticker": ticker,
+    "sleeps": sleeps,
+    "sleep_mix": sleep_mix,
+    "expected": expected,
+    "shed": shed,
+    "flood": flood,
+    "getppid": getppid,
+}
+
+
 def main():
     action = sys.argv[1]
     arg = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    if action not in ACTIONS:
+        raise SystemExit("unknown action " + action)
     print("ready", flush=True)
     sys.stdin.readline()
-    if action == "sleep":
-        out = sleep_thread()
-    elif action == "openat":
-        out = openat_missing()
-    elif action == "pipe":
-        out = pipe_read(arg)
-    elif action == "tcp4":
-        out = tcp(socket.AF_INET, "127.0.0.1")
-    elif action == "tcp6":
-        out = tcp(socket.AF_INET6, "::1")
-    elif action == "handshake":
-        out = handshake(arg, int(sys.argv[3]))
-    elif action == "refused4":
-        out = refused(socket.AF_INET, "127.0.0.1")
-    elif action == "refused6":
-        out = refused(socket.AF_INET6, "::1")
-    elif action == "story":
-        out = story()
-    elif action == "ticker":
-        out = ticker(arg)
-    elif action == "sleeps":
-        out = sleeps(arg)
-    elif action == "sleep_mix":
-        out = sleep_mix(arg)
-    elif action == "expected":
-        out = expected(arg)
-    elif action == "shed":
-        out = shed(arg)
-    elif action == "flood":
-        out = flood(arg)
-    elif action == "getppid":
-        out = getppid(arg)
-    else:
-        raise SystemExit("unknown action " + action)
-    print(json.dumps(out), flush=True)
+    print(json.dumps(ACTIONS[action](arg)), flush=True)
 
 
 if __name__ == "__main__":

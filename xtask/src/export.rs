@@ -6,7 +6,7 @@
 //! `KSPAN_SETUP_TEST=1 scripts/setup`). The workload is this binary (`xtask workload`).
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStderr, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -175,16 +175,7 @@ fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
         .stderr(Stdio::piped())
         .spawn()?;
     let kpid = kspan.id();
-    let mut err = BufReader::new(kspan.stderr.take().context("stderr")?);
-    loop {
-        line.clear();
-        if err.read_line(&mut line)? == 0 {
-            bail!("kspan did not start");
-        }
-        if line.contains("tracing") {
-            break;
-        }
-    }
+    let err = attached_stderr(&mut kspan)?;
     let cpu0 = cpu_seconds(kpid)?;
     let out = work.wait_with_output()?;
     let made: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
@@ -230,6 +221,35 @@ fn one_run(rate: u64, seconds: u64, protocol: &str) -> anyhow::Result<Row> {
 }
 
 /// Fails with what to do when the release kspan binary the benchmarks run is not built.
+/// `kspan run`'s arguments for exporting OTLP/gRPC to a receiver from [`start_receiver`].
+pub(crate) fn grpc_args(ready: &serde_json::Value) -> anyhow::Result<[String; 4]> {
+    let port = ready["grpc_port"]
+        .as_u64()
+        .context("the receiver's gRPC port")?;
+    Ok([
+        "--protocol".into(),
+        "grpc".into(),
+        "--endpoint".into(),
+        format!("http://127.0.0.1:{port}"),
+    ])
+}
+
+/// The stderr of a starting `kspan run`, once it says its programs are attached (an error
+/// if it exits first).
+pub(crate) fn attached_stderr(kspan: &mut Child) -> anyhow::Result<BufReader<ChildStderr>> {
+    let mut err = BufReader::new(kspan.stderr.take().context("stderr")?);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            bail!("kspan did not start");
+        }
+        if line.contains("tracing (programs attached)") {
+            return Ok(err);
+        }
+    }
+}
+
 pub(crate) fn require_kspan_bin() -> anyhow::Result<()> {
     if !std::path::Path::new(&kspan_bin()).exists() {
         bail!("build kspan first: cargo build --release -p agent");

@@ -33,7 +33,9 @@ use agent_common::{
 use anyhow::{bail, Context};
 
 use crate::{
-    export::{cpu_seconds, kspan_bin, require_kspan_bin, start_receiver},
+    export::{
+        attached_stderr, cpu_seconds, grpc_args, kspan_bin, require_kspan_bin, start_receiver,
+    },
     nginx::Nginx,
     overhead::{median, thread_cpu},
 };
@@ -118,29 +120,13 @@ impl Agent {
         let mut rx = None;
         if otlp {
             let (r, _out, ready) = start_receiver()?;
-            let port = ready["grpc_port"].as_u64().context("port")?;
-            cmd.args([
-                "--protocol",
-                "grpc",
-                "--endpoint",
-                &format!("http://127.0.0.1:{port}"),
-            ]);
+            cmd.args(grpc_args(&ready)?);
             rx = Some(r);
         } else {
             cmd.args(["--exporter", "none"]);
         }
         let mut kspan = cmd.stderr(Stdio::piped()).spawn()?;
-        let mut err = BufReader::new(kspan.stderr.take().context("stderr")?);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if err.read_line(&mut line)? == 0 {
-                bail!("kspan did not start");
-            }
-            if line.contains("tracing (programs attached)") {
-                break;
-            }
-        }
+        let err = attached_stderr(&mut kspan)?;
         Ok(Agent { kspan, rx, err })
     }
 

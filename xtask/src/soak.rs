@@ -19,7 +19,9 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::export::{cpu_seconds, kspan_bin, require_kspan_bin, start_receiver};
+use crate::export::{
+    attached_stderr, cpu_seconds, grpc_args, kspan_bin, require_kspan_bin, start_receiver,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -219,29 +221,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cmd.args(["--exporter", "none"]);
     } else {
         let (r, out, ready) = start_receiver()?;
-        let port = ready["grpc_port"].as_u64().context("receiver port")?;
-        cmd.args([
-            "--protocol",
-            "grpc",
-            "--endpoint",
-            &format!("http://127.0.0.1:{port}"),
-        ]);
+        cmd.args(grpc_args(&ready)?);
         // The receiver's output is read so that it never blocks on a full pipe.
         std::thread::spawn(move || for _ in out.lines() {});
         rx = Some(r);
     }
     let mut kspan = cmd.stderr(Stdio::piped()).spawn()?;
-    let mut err = BufReader::new(kspan.stderr.take().context("stderr")?);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if err.read_line(&mut line)? == 0 {
-            bail!("kspan did not start");
-        }
-        if line.contains("tracing (programs attached)") {
-            break;
-        }
-    }
+    let err = attached_stderr(&mut kspan)?;
     let summary_line = Arc::new(std::sync::Mutex::new(String::new()));
     let warnings = Arc::new(AtomicU64::new(0));
     {
