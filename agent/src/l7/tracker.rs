@@ -467,7 +467,11 @@ impl Tracker {
         );
         self.waiting_order.push_back(key);
         if self.waiting_order.len() > MAX_LINKS {
-            self.waiting_order.pop_front();
+            // The oldest stops waiting (its trace is released by the holder's age limit,
+            // counted as released_early); leaving it in `waiting` kept it for ever.
+            if let Some(old) = self.waiting_order.pop_front() {
+                self.waiting.remove(&old);
+            }
         }
     }
 
