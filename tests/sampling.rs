@@ -33,10 +33,7 @@ fn sampling_rules_end_to_end() {
 sampling:
   rules:
     default_sampling_percentage: 50
-    rules:
-      - name: errors
-        action: keep
-        conditions: ["status == STATUS_CODE_ERROR"]
+    rules: [{ name: errors, action: keep, conditions: ["status == STATUS_CODE_ERROR"] }]
 "#,
     )
     .unwrap();

@@ -14,7 +14,7 @@ use agent_common::{
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePoint, TracePoint},
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, GlobalData,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -409,34 +409,41 @@ impl Globals {
 
     /// Sets the globals on the loader, one block per feature.
     fn set<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
-        loader
+        let table: [(&str, GlobalData<'a>); 19] = [
             // Every program (programs/shared.rs).
-            .override_global(globals::SELF_TGID, &self.self_tgid, true)
-            .override_global(globals::FILTER_FLAGS, &self.filter_flags, true)
-            .override_global(globals::FILTER_CGROUP_ID, &self.cgroup_id, true)
-            .override_global(globals::WAKEUP_BYTES, &self.wakeup_bytes, true)
-            .override_global(globals::SHED_BYTES, &self.shed_bytes, true)
+            (globals::SELF_TGID, (&self.self_tgid).into()),
+            (globals::FILTER_FLAGS, (&self.filter_flags).into()),
+            (globals::FILTER_CGROUP_ID, (&self.cgroup_id).into()),
+            (globals::WAKEUP_BYTES, (&self.wakeup_bytes).into()),
+            (globals::SHED_BYTES, (&self.shed_bytes).into()),
             // Syscalls (programs/syscall.rs, programs/starts.rs).
-            .override_global(globals::MIN_DURATION_NS, &self.min_ns, true)
-            .override_global(globals::EMIT_SYSCALLS, &self.emit_syscalls, true)
-            .override_global(globals::EMIT_FAILED, &self.emit_failed, true)
-            .override_global(globals::PROC_HIST, &self.proc_hist, true)
-            .override_global(globals::STARTS_IN_ARRAY, &self.starts_in_array, true)
+            (globals::MIN_DURATION_NS, (&self.min_ns).into()),
+            (globals::EMIT_SYSCALLS, (&self.emit_syscalls).into()),
+            (globals::EMIT_FAILED, (&self.emit_failed).into()),
+            (globals::PROC_HIST, (&self.proc_hist).into()),
+            (globals::STARTS_IN_ARRAY, (&self.starts_in_array).into()),
             // TCP (programs/tcp.rs).
-            .override_global(globals::EMIT_TCP, &self.emit_tcp, true)
-            .override_global(globals::TCP_SOCK_SRTT_US_OFFSET, &self.srtt_offset, true)
-            .override_global(
+            (globals::EMIT_TCP, (&self.emit_tcp).into()),
+            (globals::TCP_SOCK_SRTT_US_OFFSET, (&self.srtt_offset).into()),
+            (
                 globals::TCP_REQ_SNT_SYNACK_OFFSET,
-                &self.synack_offset,
-                true,
-            )
+                (&self.synack_offset).into(),
+            ),
             // L7 exchanges (programs/exchange.rs).
-            .override_global(globals::REQ_HEAD_BYTES, &self.req_head_bytes, true)
-            .override_global(globals::RESP_HEAD_BYTES, &self.resp_head_bytes, true)
-            .override_global(globals::SOCK_V6_DADDR_OFFSET, &self.v6_daddr, true)
-            .override_global(globals::SOCK_V6_SADDR_OFFSET, &self.v6_saddr, true)
-            .override_global(globals::TCP_SOCK_WRITE_SEQ_OFFSET, &self.write_seq, true)
-            .override_global(globals::TCP_SOCK_COPIED_SEQ_OFFSET, &self.copied_seq, true);
+            (globals::REQ_HEAD_BYTES, (&self.req_head_bytes).into()),
+            (globals::RESP_HEAD_BYTES, (&self.resp_head_bytes).into()),
+            (globals::SOCK_V6_DADDR_OFFSET, (&self.v6_daddr).into()),
+            (globals::SOCK_V6_SADDR_OFFSET, (&self.v6_saddr).into()),
+            (globals::TCP_SOCK_WRITE_SEQ_OFFSET, (&self.write_seq).into()),
+            (
+                globals::TCP_SOCK_COPIED_SEQ_OFFSET,
+                (&self.copied_seq).into(),
+            ),
+        ];
+        for (name, value) in table {
+            // `must_exist`: a global the object lacks is a build mismatch, refused at load.
+            loader.override_global(name, value, true);
+        }
     }
 }
 
