@@ -591,3 +591,188 @@ fn run_piped_to_head_exits_promptly() {
         + summary["dropped"]["export_failed"].as_u64().unwrap();
     assert_eq!(built, accounted, "{summary}");
 }
+
+/// `tests/data/funcs.c`, built for this test run.
+fn funcs_program() -> String {
+    let dir = common::tempdir("funcs");
+    let bin = dir.join("funcs");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/funcs.c");
+    let st = Command::new("gcc")
+        .args(["-O1", "-o", bin.to_str().unwrap(), src])
+        .status()
+        .expect("gcc (scripts/setup installs build-essential)");
+    assert!(st.success(), "gcc failed");
+    bin.to_str().unwrap().to_string()
+}
+
+/// A JSON row's buckets as {bit length: count}, the program's own form.
+fn bit_buckets(r: &Value) -> std::collections::BTreeMap<String, u64> {
+    r["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b[2].as_u64().unwrap() > 0)
+        .map(|b| {
+            // Bucket [2^(k-1), 2^k) holds durations of bit length k.
+            let hi = b[1].as_u64().unwrap();
+            (
+                (64 - (hi - 1).leading_zeros()).to_string(),
+                b[2].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Functions of a C program: counts and buckets equal the program's own timing of each call
+/// (recursion nested four deep included), a function left by longjmp is never timed and is
+/// counted, and bpftrace's uprobe/uretprobe hist() agrees on the same run.
+#[test]
+fn functions_match_the_programs_own_timing_and_bpftrace() {
+    require_root();
+    let bin = funcs_program();
+    let script = format!(
+        "uprobe:{bin}:sleepy {{ @s[tid] = nsecs; }} \
+         uretprobe:{bin}:sleepy /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}"
+    );
+    let mut bt = Command::new("bpftrace")
+        .args(["-f", "json", "-e", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut bt_out = BufReader::new(bt.stdout.take().unwrap());
+    let mut line = String::new();
+    let t0 = Instant::now();
+    while !line.contains("attached_probes") {
+        line.clear();
+        bt_out.read_line(&mut line).unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "bpftrace did not start"
+        );
+    }
+    let spec = format!("{bin}:sleepy,{bin}:recurse,{bin}:thrower");
+    let h = Hist::start(&["--func", &spec]);
+    let out = Command::new(&bin).arg("20").output().unwrap();
+    assert!(out.status.success());
+    let own: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = h.stop();
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    bt_out.read_to_string(&mut rest).unwrap();
+    bt.wait().unwrap();
+
+    assert_eq!(doc["view"], "function");
+    let sleepy = row(&doc, |r| r["function"] == "sleepy");
+    let recurse = row(&doc, |r| r["function"] == "recurse");
+    let thrower = row(&doc, |r| r["function"] == "thrower");
+    assert_eq!(sleepy["file"], bin.as_str());
+    assert_eq!(sleepy["count"], 20);
+    assert_eq!(recurse["count"], 80);
+    assert_eq!(
+        thrower["count"], 0,
+        "a call left by longjmp has no duration"
+    );
+    for (name, r) in [("sleepy", sleepy), ("recurse", recurse)] {
+        let theirs: std::collections::BTreeMap<String, u64> =
+            serde_json::from_value(own[name].clone()).unwrap();
+        assert_eq!(bit_buckets(r), theirs, "{name}: ours vs the program's own");
+    }
+    // recurse(3) nests four calls of ~1.5, 3, 4.6 and 6.1 ms.
+    assert_eq!(
+        own["recurse"],
+        serde_json::json!({"21": 20, "22": 20, "23": 40})
+    );
+    assert_eq!(doc["func_losses"]["unfinished"], 20, "{doc}");
+    assert_eq!(doc["func_losses"]["too_deep"], 0);
+
+    let hist_line = rest
+        .lines()
+        .find(|l| l.contains("\"type\": \"hist\""))
+        .expect("bpftrace hist output");
+    let bth: Value = serde_json::from_str(hist_line).unwrap();
+    let mut theirs = std::collections::BTreeMap::new();
+    for b in bth["data"]["@h"].as_array().unwrap() {
+        let min = b["min"].as_u64().unwrap_or(0);
+        theirs.insert(min, b["count"].as_u64().unwrap());
+    }
+    let ours: std::collections::BTreeMap<u64, u64> = sleepy["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b[2].as_u64().unwrap() > 0)
+        .map(|b| (b[0].as_u64().unwrap(), b[2].as_u64().unwrap()))
+        .collect();
+    assert_eq!(ours, theirs, "sleepy: ours vs bpftrace");
+}
+
+/// Library functions: libc's getaddrinfo from a Python loop (per process too), a glob over
+/// libssl's SSL_write* under Python's ssl module, and the mistakes a user makes.
+#[test]
+fn library_functions_by_name_and_glob() {
+    require_root();
+    let t = Trigger::spawn("getaddrinfo", Some(50));
+    let pid = t.pid().to_string();
+    let h = Hist::start(&[
+        "--func",
+        "libc.so.6:getaddrinfo",
+        "--pid",
+        &pid,
+        "--view",
+        "process",
+    ]);
+    assert_eq!(t.go()["n"], 50);
+    let doc = h.stop();
+    let r = row(&doc, |r| r["function"] == "getaddrinfo");
+    assert_eq!(r["count"], 50, "{doc}");
+    assert_eq!(r["pid"].to_string(), pid);
+    assert!(r["file"].as_str().unwrap().ends_with("libc.so.6"), "{r}");
+
+    let t = Trigger::spawn("tls_echo", Some(10));
+    let pid = t.pid().to_string();
+    let h = Hist::start(&["--func", "libssl.so.3:SSL_write*", "--pid", &pid]);
+    let writes = t.go()["writes"].as_u64().unwrap();
+    let doc = h.stop();
+    let names: Vec<&str> = doc["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["function"].as_str().unwrap())
+        .collect();
+    for f in ["SSL_write", "SSL_write_ex", "SSL_write_early_data"] {
+        assert!(names.contains(&f), "{f} not probed: {names:?}");
+    }
+    // Python's ssl writes with SSL_write_ex, once per sendall of a short message.
+    assert_eq!(
+        row(&doc, |r| r["function"] == "SSL_write_ex")["count"],
+        writes
+    );
+    assert_eq!(row(&doc, |r| r["function"] == "SSL_write")["count"], 0);
+
+    let err = |args: &[&str]| {
+        let out = Command::new(KSPAN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = err(&["hist", "--func", "libc.so.6:getaddrinf"]);
+    assert!(e.contains("no function \"getaddrinf\""), "{e}");
+    assert!(e.contains("did you mean getaddrinfo"), "{e}");
+    assert!(e.contains("stripped"), "{e}");
+    let e = err(&["hist", "--func", "/no/such/app:main"]);
+    assert!(e.contains("no file \"/no/such/app\""), "{e}");
+    let e = err(&["hist", "--func", "getaddrinfo"]);
+    assert!(e.contains("expected FILE:SYMBOL"), "{e}");
+    let e = err(&["hist", "--func", "libssl.so.3:SSL_*"]);
+    assert!(e.contains("narrow the pattern"), "{e}");
+    let e = err(&["hist", "--func", "/etc/passwd:x"]);
+    assert!(e.contains("not an ELF"), "{e}");
+    let e = err(&[
+        "hist",
+        "--func",
+        "libc.so.6:getaddrinfo",
+        "--view",
+        "syscall",
+    ]);
+    assert!(e.contains("with --func the views are"), "{e}");
+}

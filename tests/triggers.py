@@ -267,6 +267,52 @@ def getppid(n):
     return {"n": n}
 
 
+def getaddrinfo(n):
+    """n name lookups through libc's getaddrinfo (one call each)."""
+    for _ in range(n):
+        socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+    return {"n": n}
+
+
+def tls_echo(n):
+    """n messages over TLS (Python's ssl, OpenSSL 3) between a client and a server thread of
+    this process, each echoed: 2n SSL_write_ex calls. The certificate is made with openssl."""
+    import ssl
+    import subprocess
+    import tempfile
+    import threading
+
+    d = tempfile.mkdtemp()
+    key, cert = os.path.join(d, "k.pem"), os.path.join(d, "c.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
+                    "-keyout", key, "-out", cert, "-days", "1"],
+                   check=True, capture_output=True)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(cert)
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+
+    def serve():
+        conn, _ = lst.accept()
+        with sctx.wrap_socket(conn, server_side=True) as s:
+            for _ in range(n):
+                s.sendall(s.recv(64))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with cctx.wrap_socket(socket.create_connection(lst.getsockname()),
+                          server_hostname="localhost") as c:
+        for i in range(n):
+            c.sendall(b"ping %d" % i)
+            c.recv(64)
+    t.join()
+    return {"writes": 2 * n}
+
+
 # Each action: the function that runs it, given the number after the action (0 if none).
 ACTIONS = {
     "sleep": lambda _: sleep_thread(),
@@ -285,6 +331,8 @@ ACTIONS = {
     "shed": shed,
     "flood": flood,
     "getppid": getppid,
+    "getaddrinfo": getaddrinfo,
+    "tls_echo": tls_echo,
 }
 
 

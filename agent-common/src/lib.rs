@@ -296,6 +296,14 @@ pub enum Counter {
     /// Request heads not kept: the table of heads in flight was full (the exchange still
     /// gets its record, without its head).
     L7HeadsFull = 8,
+    /// Probed function calls not measured: the thread's stack of open calls was full
+    /// (nesting or recursion deeper than `FUNC_STACK_DEPTH`).
+    FuncStackDeep = 9,
+    /// Probed function calls whose return was never seen (the frame was left by a longjmp,
+    /// an exception or a thread that exited): discarded, not measured.
+    FuncUnfinished = 10,
+    /// Per-thread stacks of open calls not kept: their table was full.
+    FuncTableFull = 11,
 }
 pub const COUNTERS_LEN: u32 = 16;
 
@@ -378,6 +386,9 @@ pub mod maps {
     pub const EXCH_SCRATCH: &str = "EXCH_SCRATCH";
     pub const SELF_PORTS: &str = "SELF_PORTS";
     pub const SELF_SOCKS: &str = "SELF_SOCKS";
+    pub const FUNC_HIST: &str = "FUNC_HIST";
+    pub const FUNC_STACKS: &str = "FUNC_STACKS";
+    pub const FUNC_SEEN: &str = "FUNC_SEEN";
     pub const ALL: &[&str] = &[
         EVENTS,
         COUNTERS,
@@ -400,6 +411,9 @@ pub mod maps {
         EXCH_SCRATCH,
         SELF_PORTS,
         SELF_SOCKS,
+        FUNC_HIST,
+        FUNC_STACKS,
+        FUNC_SEEN,
     ];
 }
 
@@ -416,6 +430,9 @@ pub mod programs {
     pub const SOCK_SEND_LENGTH: &str = "sock_send_length";
     pub const SOCK_RECV_LENGTH: &str = "sock_recv_length";
     pub const TCP_SENDMSG_LOCKED: &str = "tcp_sendmsg_locked";
+    pub const FUNC_ENTRY: &str = "func_entry";
+    pub const FUNC_RETURN: &str = "func_return";
+    pub const FUNC_THREAD_EXIT: &str = "func_thread_exit";
     /// Benchmark-only programs (`agent-ebpf/src/bench.rs`): the cost floors.
     pub const SYS_ENTER_RAW_EMPTY: &str = "sys_enter_raw_empty";
     pub const SYS_EXIT_RAW_EMPTY: &str = "sys_exit_raw_empty";
@@ -435,6 +452,9 @@ pub mod programs {
         SOCK_SEND_LENGTH,
         SOCK_RECV_LENGTH,
         TCP_SENDMSG_LOCKED,
+        FUNC_ENTRY,
+        FUNC_RETURN,
+        FUNC_THREAD_EXIT,
         SYS_ENTER_RAW_EMPTY,
         SYS_EXIT_RAW_EMPTY,
         SYS_ENTER_TP_EMPTY,
@@ -443,6 +463,15 @@ pub mod programs {
         SYS_EXIT_RAW_CLOCK,
     ];
 }
+
+/// Most functions `kspan hist --func` probes at once (a glob is capped at this; a power of
+/// two). The kernel takes ~0.11 s to remove each probe (two per function) when kspan exits.
+pub const MAX_FUNCS: usize = 64;
+/// Calls open at once per thread that are measured (deeper nesting is counted, not timed).
+pub const FUNC_STACK_DEPTH: usize = 32;
+/// `ProcHistKey::nr` of function `id` in the per-process histograms: past every syscall
+/// number.
+pub const FUNC_NR_BASE: u16 = 1024;
 
 /// Key of the per-process histogram map.
 #[repr(C)]

@@ -5,10 +5,13 @@
 //! 0 ns, bucket b >= 1 holds [2^(b-1), 2^b) ns.
 use std::collections::BTreeMap;
 
-use agent_common::HIST_BUCKETS;
+use agent_common::{FUNC_NR_BASE, HIST_BUCKETS};
 use serde::Serialize;
 
-use crate::capture::{Capture, CaptureError};
+use crate::{
+    capture::{Capture, CaptureError},
+    uprobe::Func,
+};
 
 /// One log2 latency histogram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +173,10 @@ pub struct Snapshot {
     pub procs: BTreeMap<(u32, u32), Entry>,
     pub tcp_connect: Hist,
     pub tcp_accept: Hist,
+    /// By function id (`--func`).
+    pub funcs: BTreeMap<u32, Entry>,
+    /// By (pid, function id), when per-process histograms are on.
+    pub func_procs: BTreeMap<(u32, u32), Entry>,
 }
 
 impl Snapshot {
@@ -187,7 +194,12 @@ impl Snapshot {
         }
         if procs {
             for (k, v) in c.proc_histograms()? {
-                let e = s.procs.entry((k.pid, u32::from(k.nr))).or_default();
+                let e = if k.nr >= FUNC_NR_BASE {
+                    let id = u32::from(k.nr - FUNC_NR_BASE);
+                    s.func_procs.entry((k.pid, id)).or_default()
+                } else {
+                    s.procs.entry((k.pid, u32::from(k.nr))).or_default()
+                };
                 let b = k.bucket as usize;
                 if b < HIST_BUCKETS {
                     e.hist.buckets[b] += v;
@@ -199,6 +211,15 @@ impl Snapshot {
         let [connect, accept] = c.tcp_histograms()?;
         s.tcp_connect = Hist { buckets: connect };
         s.tcp_accept = Hist { buckets: accept };
+        for (id, buckets) in c.func_histograms()?.into_iter().enumerate() {
+            s.funcs.insert(
+                id as u32,
+                Entry {
+                    hist: Hist { buckets },
+                    errors: 0,
+                },
+            );
+        }
         Ok(s)
     }
 
@@ -226,6 +247,18 @@ impl Snapshot {
                 .collect(),
             tcp_connect: self.tcp_connect.since(&prev.tcp_connect),
             tcp_accept: self.tcp_accept.since(&prev.tcp_accept),
+            // Every probed function keeps its row, called or not.
+            funcs: self
+                .funcs
+                .iter()
+                .map(|(k, v)| (*k, diff(v, prev.funcs.get(k))))
+                .collect(),
+            func_procs: self
+                .func_procs
+                .iter()
+                .map(|(k, v)| (*k, diff(v, prev.func_procs.get(k))))
+                .filter(|(_, v)| v.hist.total() > 0)
+                .collect(),
         }
     }
 }
@@ -243,6 +276,11 @@ pub struct Row {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// The probed function (demangled) and its file (function views).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     pub count: u64,
     pub errors: u64,
     pub total_ns_est: f64,
@@ -271,6 +309,8 @@ impl Row {
             nr: None,
             pid: None,
             comm: None,
+            function: None,
+            file: None,
             count: h.total(),
             errors: e.errors,
             total_ns_est: h.time_estimate_ns(),
@@ -298,15 +338,21 @@ pub enum View {
     Connect,
     /// TCP accept (passive open) latency.
     Accept,
+    /// One histogram per probed function (`--func`).
+    Function,
 }
 
 impl View {
-    pub fn next(self) -> View {
-        match self {
-            View::Syscall => View::Process,
-            View::Process => View::Connect,
-            View::Connect => View::Accept,
-            View::Accept => View::Syscall,
+    /// The view after this one (`v` in the full-screen view). With `--func` only functions
+    /// are probed: the views are per function and per process.
+    pub fn next(self, funcs: bool) -> View {
+        match (self, funcs) {
+            (View::Function, true) => View::Process,
+            (_, true) => View::Function,
+            (View::Syscall, false) => View::Process,
+            (View::Process, false) => View::Connect,
+            (View::Connect, false) => View::Accept,
+            (View::Accept | View::Function, false) => View::Syscall,
         }
     }
 }
@@ -346,7 +392,7 @@ impl Comms {
         if self.names.len() > MAX_COMMS {
             self.names.clear();
         }
-        for (pid, _) in s.procs.keys() {
+        for pid in s.procs.keys().chain(s.func_procs.keys()).map(|k| &k.0) {
             self.names.entry(*pid).or_insert_with(|| {
                 std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|s| s.trim().to_string())
@@ -363,9 +409,38 @@ impl Comms {
     }
 }
 
-/// The rows of `view` for a snapshot (or delta), sorted.
-pub fn rows(s: &Snapshot, view: View, sort: SortBy, comms: &Comms) -> Vec<Row> {
+/// A row of function `id`, labelled with its name.
+fn func_row(label_prefix: &str, id: u32, e: &Entry, funcs: &[Func]) -> Row {
+    let (name, file) = match funcs.get(id as usize) {
+        Some(f) => (f.name.clone(), f.path.display().to_string()),
+        None => (format!("function #{id}"), String::new()),
+    };
+    let mut r = Row::new(format!("{label_prefix}{name}"), e);
+    r.function = Some(name);
+    r.file = Some(file);
+    r
+}
+
+/// The rows of `view` for a snapshot (or delta), sorted. `funcs`: the probed functions
+/// (then the process view is per process and function).
+pub fn rows(s: &Snapshot, view: View, sort: SortBy, comms: &Comms, funcs: &[Func]) -> Vec<Row> {
     let mut out: Vec<Row> = match view {
+        View::Function => s
+            .funcs
+            .iter()
+            .map(|(id, e)| func_row("", *id, e, funcs))
+            .collect(),
+        View::Process if !funcs.is_empty() => s
+            .func_procs
+            .iter()
+            .map(|((pid, id), e)| {
+                let comm = comms.get(*pid);
+                let mut r = func_row(&format!("{pid} {comm} "), *id, e, funcs);
+                r.pid = Some(*pid);
+                r.comm = Some(comm);
+                r
+            })
+            .collect(),
         View::Syscall => s
             .syscalls
             .iter()

@@ -6,7 +6,8 @@
 //! built span) -> `traces` (whole traces held for the samplers) -> `sampling` -> `sink`,
 //! wired and run by `pipeline` (reader, build, queue, export), with `metrics` beside.
 //! `config` turns the YAML into a `RunPlan`; `cmd` holds the thin command entry points;
-//! `hist`, `event`, `check`, `analyze` serve the other commands; `wire`, `names`, `clock`,
+//! `hist`, `event`, `check`, `analyze` serve the other commands; `uprobe` finds the
+//! functions `--func` probes; `wire`, `names`, `clock`,
 //! `duration`, `quantile` are leaves.
 pub mod analyze;
 pub mod btf;
@@ -36,6 +37,7 @@ pub mod span;
 pub mod spans;
 pub mod text;
 pub mod traces;
+pub mod uprobe;
 pub mod wire;
 
 /// Selects the TLS crypto provider once per process. Two providers are compiled in (ring

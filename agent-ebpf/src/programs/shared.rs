@@ -87,6 +87,15 @@ pub fn count(c: Counter) {
 }
 
 #[inline(always)]
+pub fn count_n(c: Counter, n: u64) {
+    if n != 0 {
+        if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+            unsafe { *p += n };
+        }
+    }
+}
+
+#[inline(always)]
 pub fn comm() -> [u8; COMM_LEN] {
     bpf_get_current_comm().unwrap_or([0u8; COMM_LEN])
 }

@@ -39,7 +39,7 @@ static EMIT_SYSCALLS: u32 = 1;
 static EMIT_FAILED: u32 = 1;
 /// 1: keep per-process histograms too.
 #[unsafe(no_mangle)]
-static PROC_HIST: u32 = 0;
+pub(super) static PROC_HIST: u32 = 0;
 /// Settings userspace changes while running (globals are frozen at load). Index 0: a minimum
 /// duration (ns) that overrides MIN_DURATION_NS when larger (the overhead governor).
 #[map]
@@ -112,7 +112,7 @@ fn on_sys_enter(nr: i64, arg0: u64, arg1: u64, regs: *const u64) {
 }
 
 #[inline(always)]
-fn proc_hist_add(pid_tgid: u64, nr: u32, bucket: u32) {
+pub(super) fn proc_hist_add(pid_tgid: u64, nr: u32, bucket: u32) {
     let key = ProcHistKey {
         pid: (pid_tgid >> 32) as u32,
         nr: nr as u16,

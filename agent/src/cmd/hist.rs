@@ -9,17 +9,25 @@ use clap::Args;
 
 use super::{ctrlc_flag, parse_duration, FilterArgs, HistError, TopArgs, TopBy};
 use crate::{
-    capture::{Capture, SyscallHook},
+    capture::{Capture, FuncLosses, SyscallHook},
     hist::{fmt_ns, fmt_opt_ns, rows, Comms, Row, Snapshot, SortBy, View},
+    uprobe::FuncSpec,
 };
 
 #[derive(Debug, Args, Clone)]
 pub struct HistArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
-    /// What to show.
-    #[arg(long, value_enum, default_value = "syscall")]
-    pub view: View,
+    /// What to show [default: syscall, or function with --func].
+    #[arg(long, value_enum)]
+    pub view: Option<View>,
+    /// Measure functions of programs instead of syscalls: FILE:SYMBOL, comma-separated or
+    /// repeated. FILE is a path, or a library or program name looked up in the usual
+    /// directories (libc.so.6); SYMBOL a name (demangled C++ and Rust names too) or a glob
+    /// ('SSL_read*'; at most 64 functions in all, since the kernel takes ~0.2 s to remove
+    /// each function's probes at exit).
+    #[arg(long, value_delimiter = ',')]
+    pub func: Vec<FuncSpec>,
     /// Refresh interval (e.g. 1s, 500ms).
     #[arg(long, value_parser = parse_duration, default_value = "1s", allow_hyphen_values = true)]
     pub interval: Duration,
@@ -53,6 +61,7 @@ enum Mode {
 
 struct Opts {
     view: View,
+    funcs: Vec<FuncSpec>,
     interval: Duration,
     count: Option<u64>,
     cumulative: bool,
@@ -64,10 +73,19 @@ struct Opts {
 
 pub fn run_hist(a: HistArgs) -> Result<(), HistError> {
     let mode = pick_mode(a.json, a.plain);
+    let view = match (a.view, a.func.is_empty()) {
+        (None, true) => View::Syscall,
+        (None, false) => View::Function,
+        (Some(v @ (View::Function | View::Process)), false) => v,
+        (Some(View::Function), true) => return Err(HistError::FuncView),
+        (Some(v), true) => v,
+        (Some(_), false) => return Err(HistError::FuncView),
+    };
     run(
         &a.filter,
         Opts {
-            view: a.view,
+            view,
+            funcs: a.func,
             interval: a.interval,
             count: a.count,
             cumulative: a.cumulative,
@@ -84,13 +102,17 @@ pub fn run_top(a: TopArgs) -> Result<(), HistError> {
         return super::routes::run(&a);
     }
     let mode = pick_mode(a.json, a.plain);
+    let view = match (a.by, a.func.is_empty()) {
+        (TopBy::Process | TopBy::Route, _) => View::Process,
+        (TopBy::Function, false) => View::Function,
+        (TopBy::Syscall, true) => View::Syscall,
+        (TopBy::Function, true) | (TopBy::Syscall, false) => return Err(HistError::FuncView),
+    };
     run(
         &a.filter,
         Opts {
-            view: match a.by {
-                TopBy::Process | TopBy::Route => View::Process,
-                TopBy::Syscall => View::Syscall,
-            },
+            view,
+            funcs: a.func,
             interval: a.interval,
             count: a.count,
             cumulative: false,
@@ -117,6 +139,25 @@ fn start(filter: &FilterArgs, o: &Opts) -> Result<Capture, HistError> {
         return Err(HistError::Interval);
     }
     let mut cc = filter.capture_config()?;
+    if !o.funcs.is_empty() {
+        cc.funcs = crate::uprobe::find(&o.funcs)?;
+        cc.syscall_hook = SyscallHook::Off;
+        cc.tcp = false;
+        cc.proc_hist = o.view == View::Process || o.mode == Mode::Interactive;
+        cc.ring_buffer_bytes = 4096;
+        cc.emit_syscalls = false;
+        cc.emit_failed = false;
+        cc.emit_tcp = false;
+        for f in &cc.funcs {
+            let aliases = if f.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (also named {})", f.aliases.join(", "))
+            };
+            eprintln!("kspan: probing {} in {}{aliases}", f.name, f.path.display());
+        }
+        return Ok(Capture::start(cc)?);
+    }
     cc.syscall_hook = SyscallHook::RawTracepoint;
     cc.emit_syscalls = false;
     cc.emit_failed = false;
@@ -159,12 +200,15 @@ impl Reads {
 fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
     let capture = start(filter, &o)?;
     if o.mode == Mode::Interactive {
-        return interactive(&capture, o);
+        let r = interactive(&capture, o);
+        removal_note(&capture);
+        return r;
     }
     let stop = ctrlc_flag().map_err(HistError::Terminal)?;
     let mut reads = Reads::default();
     let mut n = 0u64;
     let mut reported_full = 0u64;
+    let mut reported_losses = FuncLosses::default();
     let mut out = std::io::stdout().lock();
     eprintln!("kspan: measuring (histograms in the kernel); stop with Ctrl-C");
     loop {
@@ -178,7 +222,7 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
             std::thread::sleep(Duration::from_millis(20).min(o.interval));
         }
         let shown = reads.next(&capture, o.view == View::Process, o.cumulative)?;
-        let rs = rows(&shown, o.view, o.sort, &reads.comms);
+        let rs = rows(&shown, o.view, o.sort, &reads.comms, &capture.config.funcs);
         // Calls the per-process map could not hold: never lost silently.
         let uncounted = capture.proc_hist_full();
         if uncounted > reported_full {
@@ -188,8 +232,21 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
             );
             reported_full = uncounted;
         }
+        let losses = (!o.funcs.is_empty()).then(|| capture.func_losses());
+        if let Some(l) = losses.filter(|l| *l != reported_losses) {
+            eprintln!(
+                "kspan: function calls not timed since start: {} nested deeper than {} open \
+                 calls per thread, {} left without a return (longjmp, exception, thread exit), \
+                 {} on threads the table had no room for",
+                l.too_deep,
+                agent_common::FUNC_STACK_DEPTH,
+                l.unfinished,
+                l.table_full
+            );
+            reported_losses = l;
+        }
         let text = match o.mode {
-            Mode::Json => json_doc(&o, &rs, uncounted),
+            Mode::Json => json_doc(&o, &rs, uncounted, losses),
             _ if o.table_only => table_text(&o, &rs),
             _ => hist_text(&o, &rs),
         };
@@ -200,8 +257,21 @@ fn run(filter: &FilterArgs, o: Opts) -> Result<(), HistError> {
         // A stop ends with what happened up to it: the last document is never stale (a
         // refresh that fell behind on a busy host used to leave the last counts out).
         if stopping || o.count.is_some_and(|c| n >= c) {
+            removal_note(&capture);
             return Ok(());
         }
+    }
+}
+
+/// Says why exiting takes a while with many function probes (see `capture::attach_funcs`).
+fn removal_note(capture: &Capture) {
+    let n = capture.config.funcs.len();
+    if n >= 8 {
+        eprintln!(
+            "kspan: removing the probes of {n} functions (about {:.0} s: the kernel removes \
+             each probe after a grace period)",
+            n as f64 * 0.22
+        );
     }
 }
 
@@ -215,11 +285,12 @@ fn view_name(v: View) -> &'static str {
         View::Process => "process",
         View::Connect => "connect",
         View::Accept => "accept",
+        View::Function => "function",
     }
 }
 
-fn json_doc(o: &Opts, rs: &[Row], proc_hist_full: u64) -> String {
-    let doc = serde_json::json!({
+fn json_doc(o: &Opts, rs: &[Row], proc_hist_full: u64, losses: Option<FuncLosses>) -> String {
+    let mut doc = serde_json::json!({
         "time": now_rfc3339(),
         "interval_s": o.interval.as_secs_f64(),
         "cumulative": o.cumulative,
@@ -228,6 +299,10 @@ fn json_doc(o: &Opts, rs: &[Row], proc_hist_full: u64) -> String {
         // Calls since start that the per-process histograms could not count (map full).
         "proc_hist_full": proc_hist_full,
     });
+    // Probed calls since start the kernel counted but could not time.
+    if let Some(l) = losses {
+        doc["func_losses"] = serde_json::json!(l);
+    }
     format!("{doc}\n")
 }
 
@@ -270,21 +345,18 @@ fn hist_text(o: &Opts, rs: &[Row]) -> String {
 }
 
 fn table_text(o: &Opts, rs: &[Row]) -> String {
+    let (what, column) = match (o.view, o.funcs.is_empty()) {
+        (View::Process, true) => ("processes", "PID COMM"),
+        (View::Process, false) => ("processes' functions", "PID COMM FUNCTION"),
+        (View::Function, _) => ("functions", "FUNCTION"),
+        _ => ("syscalls", "SYSCALL"),
+    };
     let mut s = format!(
-        "[{}] {} by {:?}, last {}\n{:<28} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
+        "[{}] {what} by {:?}, last {}\n{:<28} {:>10} {:>8} {:>10} {:>9} {:>9} {:>9}\n",
         now_rfc3339(),
-        if o.view == View::Process {
-            "processes"
-        } else {
-            "syscalls"
-        },
         o.sort,
         humantime::format_duration(o.interval),
-        if o.view == View::Process {
-            "PID COMM"
-        } else {
-            "SYSCALL"
-        },
+        column,
         "COUNT",
         "ERRORS",
         "TOTAL",
@@ -330,7 +402,7 @@ fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
             if !paused && Instant::now() >= next {
                 // Per-process histograms always: the view can switch to them.
                 let shown = reads.next(capture, true, o.cumulative)?;
-                shown_rows = rows(&shown, o.view, o.sort, &reads.comms);
+                shown_rows = rows(&shown, o.view, o.sort, &reads.comms, &capture.config.funcs);
                 next = Instant::now() + o.interval;
                 n += 1;
                 if o.count.is_some_and(|c| n > c) {
@@ -438,7 +510,7 @@ fn interactive(capture: &Capture, mut o: Opts) -> Result<(), HistError> {
                             next = Instant::now();
                         }
                         KeyCode::Char('v') => {
-                            o.view = o.view.next();
+                            o.view = o.view.next(!o.funcs.is_empty());
                             next = Instant::now();
                         }
                         KeyCode::Char('c') => {

@@ -198,6 +198,11 @@ pub struct TopArgs {
     pub top: usize,
     #[arg(long, value_enum, default_value = "time")]
     pub sort: crate::hist::SortBy,
+    /// Measure these functions of programs instead of syscalls (FILE:SYMBOL, as in
+    /// `kspan hist --func`): rows by process and function (`--by process`, the default) or by
+    /// function (`--by function`).
+    #[arg(long, value_delimiter = ',')]
+    pub func: Vec<crate::uprobe::FuncSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -205,6 +210,8 @@ pub enum TopBy {
     Process,
     Syscall,
     Route,
+    /// Functions probed with --func.
+    Function,
 }
 
 /// Errors of the live views (`hist`, `top`).
@@ -216,6 +223,13 @@ pub enum HistError {
     Config(#[from] crate::config::ConfigError),
     #[error("--interval must be more than 0")]
     Interval,
+    #[error(transparent)]
+    Uprobe(#[from] crate::uprobe::UprobeError),
+    #[error(
+        "functions are measured with --func FILE:SYMBOL; with --func the views are `function` \
+         and `process`"
+    )]
+    FuncView,
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),
     #[error("terminal: {0}")]
