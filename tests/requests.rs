@@ -586,6 +586,68 @@ fn a_chain_of_services_is_one_trace() {
     assert_eq!(summary["requests"]["continued"], 1, "{summary}");
 }
 
+/// `kspan run --func`: calls of a probed library function made while a thread serves a
+/// request are spans in that request's trace, children of its SERVER span, on its thread;
+/// the chain's A looks up B once per request and B looks up C twice.
+#[test]
+fn function_calls_are_children_of_the_request_their_thread_serves() {
+    require_root();
+    let (a, b, c, pa) = chain();
+    let rx = Receiver::start(0, 0);
+    let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
+    let pids = format!("{},{},{}", a.pid(), b.pid(), c.pid());
+    let run = Run::start(&[
+        "--endpoint",
+        &endpoint,
+        "--pid",
+        &pids,
+        "--func",
+        "libc.so.6:getaddrinfo",
+        "--min-duration",
+        "0",
+        "--no-syscalls",
+    ]);
+    const N: usize = 3;
+    let measured = http_client(&[
+        "get",
+        &format!("http://127.0.0.1:{pa}/start"),
+        &N.to_string(),
+    ]);
+    assert_eq!(measured["status"], serde_json::json!([200, 200, 200]));
+    let spans = rx.wait_for("the lookups of three requests", |s| {
+        s.iter().filter(|s| s["name"] == "getaddrinfo").count() >= 3 * N
+            && requests(s, SERVER).len() >= 4 * N
+    });
+    let (summary, _) = run.stop();
+    assert_eq!(dropped_total(&summary), 0, "{summary}");
+    let by_id: HashMap<&str, &Value> = spans
+        .iter()
+        .map(|s| (s["span_id"].as_str().unwrap(), s))
+        .collect();
+    let lookups: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["name"] == "getaddrinfo")
+        .collect();
+    assert_eq!(lookups.len(), 3 * N, "A once and B twice per request");
+    let mut per_pid: HashMap<i64, usize> = HashMap::new();
+    for l in &lookups {
+        assert_eq!(attr(l, "code.function.name"), "getaddrinfo");
+        assert!(attr(l, "kspan.function.file")
+            .as_str()
+            .unwrap()
+            .ends_with("libc.so.6"));
+        let parent = by_id[l["parent_span_id"].as_str().expect("a parent")];
+        assert_eq!(parent["kind"], SERVER, "{parent}");
+        assert_eq!(parent["trace_id"], l["trace_id"]);
+        assert_eq!(pid_of(parent), pid_of(l));
+        assert_eq!(attr(parent, "thread.id"), attr(l, "thread.id"));
+        *per_pid.entry(pid_of(l)).or_default() += 1;
+    }
+    assert_eq!(per_pid.get(&a.pid()), Some(&N));
+    assert_eq!(per_pid.get(&b.pid()), Some(&(2 * N)));
+    assert_eq!(per_pid.get(&c.pid()), None);
+}
+
 /// Sampling decides on whole traces: with 25 % by trace id, a request trace arrives whole (all
 /// eight request spans, one threshold) or not at all, and exactly the traces whose trace id
 /// passes the threshold are kept.

@@ -25,6 +25,9 @@ pub enum EventKind {
     /// One request and its response on one side of a connection of an application protocol
     /// the kernel detected (see [`ExchangeData`] and [`l7`]).
     Exchange = 6,
+    /// A call of a probed function (`--func`) slower than the minimum duration: a
+    /// [`SyscallData`] whose `nr` is the function's id (`ret`, `arg0` unused).
+    Func = 7,
 }
 
 /// Application (L7) protocols. The kernel detects them from the first bytes of a transfer
@@ -340,6 +343,8 @@ pub mod globals {
     pub const SOCK_V6_SADDR_OFFSET: &str = "SOCK_V6_SADDR_OFFSET";
     pub const TCP_SOCK_WRITE_SEQ_OFFSET: &str = "TCP_SOCK_WRITE_SEQ_OFFSET";
     pub const TCP_SOCK_COPIED_SEQ_OFFSET: &str = "TCP_SOCK_COPIED_SEQ_OFFSET";
+    // Functions (programs/func.rs).
+    pub const EMIT_FUNCS: &str = "EMIT_FUNCS";
     pub const ALL: &[&str] = &[
         SELF_TGID,
         FILTER_FLAGS,
@@ -360,6 +365,7 @@ pub mod globals {
         SOCK_V6_SADDR_OFFSET,
         TCP_SOCK_WRITE_SEQ_OFFSET,
         TCP_SOCK_COPIED_SEQ_OFFSET,
+        EMIT_FUNCS,
     ];
 }
 

@@ -99,6 +99,8 @@ pub struct CaptureConfig {
     pub l7_response_bytes: u32,
     /// Functions to measure (uprobe at entry, uretprobe at return), found by `uprobe::find`.
     pub funcs: Vec<crate::uprobe::Func>,
+    /// Emit calls of `funcs` slower than `min_duration` (false: histograms only).
+    pub emit_funcs: bool,
 }
 
 impl Default for CaptureConfig {
@@ -122,6 +124,7 @@ impl Default for CaptureConfig {
             l7_request_bytes: 0,
             l7_response_bytes: 0,
             funcs: Vec::new(),
+            emit_funcs: false,
         }
     }
 }
@@ -379,6 +382,8 @@ struct Globals {
     v6_saddr: u32,
     write_seq: u32,
     copied_seq: u32,
+    // Functions.
+    emit_funcs: u32,
 }
 
 impl Globals {
@@ -410,12 +415,13 @@ impl Globals {
             v6_saddr: offsets.sock_common_v6_rcv_saddr.unwrap_or(0),
             write_seq: offsets.tcp_sock_write_seq.unwrap_or(0),
             copied_seq: offsets.tcp_sock_copied_seq.unwrap_or(0),
+            emit_funcs: (config.emit_funcs && !config.funcs.is_empty()) as u32,
         }
     }
 
     /// Sets the globals on the loader, one block per feature.
     fn set<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
-        let table: [(&str, GlobalData<'a>); 19] = [
+        let table: [(&str, GlobalData<'a>); 20] = [
             // Every program (programs/shared.rs).
             (globals::SELF_TGID, (&self.self_tgid).into()),
             (globals::FILTER_FLAGS, (&self.filter_flags).into()),
@@ -445,6 +451,8 @@ impl Globals {
                 globals::TCP_SOCK_COPIED_SEQ_OFFSET,
                 (&self.copied_seq).into(),
             ),
+            // Functions (programs/func.rs).
+            (globals::EMIT_FUNCS, (&self.emit_funcs).into()),
         ];
         for (name, value) in table {
             // `must_exist`: a global the object lacks is a build mismatch, refused at load.

@@ -123,6 +123,9 @@ pub struct CaptureSection {
     /// becomes a span only when slower than `min_duration` (decided in the kernel). Writing
     /// this key replaces the whole table; `{}` makes every failure an error again.
     pub expected_errors: BTreeMap<String, Vec<String>>,
+    /// Functions of programs to measure, `FILE:SYMBOL` (as `--func`): each call slower than
+    /// `min_duration` becomes a span, the child of the request its thread serves.
+    pub functions: Vec<String>,
 }
 
 /// The default table of expected outcomes: what programs do on purpose, every second, on
@@ -229,6 +232,7 @@ impl Default for CaptureSection {
             ring_buffer_bytes: crate::capture::DEFAULT_RING_BUFFER_BYTES,
             drain_interval: crate::source::DEFAULT_DRAIN_INTERVAL,
             expected_errors: default_expected_errors(),
+            functions: Vec::new(),
         }
     }
 }
@@ -501,6 +505,17 @@ impl Config {
             crate::capture::SyscallHook::Off
         };
         capture.emit_syscalls = c.syscall_spans;
+        if !c.functions.is_empty() {
+            let specs = c
+                .functions
+                .iter()
+                .map(|f| f.parse::<crate::uprobe::FuncSpec>())
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|specs| crate::uprobe::find(&specs))
+                .map_err(|e| invalid("capture.functions", e.to_string()))?;
+            capture.funcs = specs;
+            capture.emit_funcs = true;
+        }
         let h = &self.http;
         let l7 = if h.enabled {
             for (key, v, range) in [
@@ -706,6 +721,30 @@ sampling:
             e.contains("unknown field `target`") && e.contains("line 3"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn functions_are_found_when_the_plan_is_built() {
+        let plan = Config::parse("capture:\n  functions: [libc.so.6:getaddrinfo]\n")
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(plan.capture.funcs.len(), 1);
+        assert_eq!(plan.capture.funcs[0].name, "getaddrinfo");
+        assert!(plan.capture.emit_funcs);
+        for (yaml, says) in [
+            ("[libc.so.6:getaddrinf]", "did you mean getaddrinfo"),
+            ("[getaddrinfo]", "expected FILE:SYMBOL"),
+            ("[/no/such/file:f]", "no file"),
+        ] {
+            let e = Config::parse(&format!("capture:\n  functions: {yaml}\n"))
+                .unwrap()
+                .build()
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("capture.functions") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -14,12 +14,17 @@ pub enum RawEvent {
     /// An L7 exchange (one request and its response on one side of a connection), and the
     /// first bytes of both: `req_len` of the request, then `resp_len` of the response.
     Exchange(EventHeader, ExchangeData, Vec<u8>),
+    /// A slow call of a probed function: `nr` is the function's id.
+    Func(EventHeader, SyscallData),
 }
 
 impl RawEvent {
     pub fn header(&self) -> &EventHeader {
         match self {
-            RawEvent::Syscall(h, _) | RawEvent::Tcp(_, h, _) | RawEvent::Exchange(h, _, _) => h,
+            RawEvent::Syscall(h, _)
+            | RawEvent::Tcp(_, h, _)
+            | RawEvent::Exchange(h, _, _)
+            | RawEvent::Func(h, _) => h,
         }
     }
 
@@ -28,6 +33,7 @@ impl RawEvent {
             RawEvent::Syscall(..) => EventKind::Syscall,
             RawEvent::Tcp(k, ..) => *k,
             RawEvent::Exchange(..) => EventKind::Exchange,
+            RawEvent::Func(..) => EventKind::Func,
         }
     }
 }
@@ -70,10 +76,12 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         k if k == EventKind::TcpAccept as u32 => EventKind::TcpAccept,
         k if k == EventKind::TcpClose as u32 => EventKind::TcpClose,
         k if k == EventKind::Exchange as u32 => EventKind::Exchange,
+        k if k == EventKind::Func as u32 => EventKind::Func,
         kind => return Err(DecodeError::UnknownKind { kind }),
     };
     Ok(match kind {
         EventKind::Syscall => RawEvent::Syscall(header, read(bytes, HEADER)?),
+        EventKind::Func => RawEvent::Func(header, read(bytes, HEADER)?),
         EventKind::Exchange => {
             let data: ExchangeData = read(bytes, HEADER)?;
             if data.req_len as usize > REQ_HEAD_MAX || data.resp_len as usize > RESP_HEAD_MAX {
@@ -106,7 +114,7 @@ pub fn encode(event: &RawEvent) -> Vec<u8> {
     }
     let mut out = Vec::new();
     match event {
-        RawEvent::Syscall(h, d) => {
+        RawEvent::Syscall(h, d) | RawEvent::Func(h, d) => {
             out.extend_from_slice(bytes_of(h));
             out.extend_from_slice(bytes_of(d));
         }

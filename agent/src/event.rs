@@ -128,6 +128,8 @@ impl JsonEvent {
             RawEvent::Syscall(_, d) => out.fill_syscall(d),
             RawEvent::Tcp(kind, h, d) => out.fill_tcp(*kind, h.flags, d),
             RawEvent::Exchange(h, d, bytes) => out.fill_exchange(h.flags, d, bytes),
+            // (`kspan events` probes no functions.)
+            RawEvent::Func(..) => out.kind = "function",
         }
         out
     }

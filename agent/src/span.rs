@@ -38,6 +38,8 @@ pub mod attr {
     pub const TCP_HANDSHAKE_KNOWN: &str = "kspan.tcp.handshake_known";
     /// false when the owning process was unknown (listener older than kspan).
     pub const PID_KNOWN: &str = "kspan.pid_known";
+    /// The file (program or library) of a probed function's span (`--func`).
+    pub const FUNC_FILE: &str = "kspan.function.file";
     /// Which sampling rule decided (set by the samplers).
     pub const SAMPLING_RULE: &str = crate::sampling::SAMPLING_RULE_ATTR;
 }

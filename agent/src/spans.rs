@@ -63,6 +63,8 @@ pub struct SpanBuilder<R: FdResolver = ProcFdResolver> {
     outputs: Vec<Output>,
     /// Latest event end seen (monotonic ns).
     now_ns: u64,
+    /// The probed functions, by id (`--func`): names for their spans.
+    funcs: std::sync::Arc<[crate::uprobe::Func]>,
 }
 
 impl<R: FdResolver> SpanBuilder<R> {
@@ -79,7 +81,14 @@ impl<R: FdResolver> SpanBuilder<R> {
             holder: Holder::new(MAX_HELD_SPANS, MAX_HOLD),
             outputs: Vec::new(),
             now_ns: 0,
+            funcs: std::sync::Arc::from(Vec::new()),
         }
+    }
+
+    /// Names the spans of slow calls of probed functions (their ids index `funcs`).
+    pub fn with_funcs(mut self, funcs: Vec<crate::uprobe::Func>) -> SpanBuilder<R> {
+        self.funcs = funcs.into();
+        self
     }
 
     /// Turns L7 transfer records into request spans (without it they are ignored).
@@ -167,6 +176,7 @@ impl<R: FdResolver> SpanBuilder<R> {
     fn build_with_parent(&mut self, ev: &RawEvent) -> Option<(Built, bool)> {
         match ev {
             RawEvent::Syscall(h, d) => Some(self.syscall(h, d)),
+            RawEvent::Func(h, d) => Some(self.func(h, d)),
             RawEvent::Tcp(kind, h, d) => Some(self.tcp(*kind, h, d)),
             RawEvent::Exchange(..) => None,
         }
@@ -372,6 +382,36 @@ impl<R: FdResolver> SpanBuilder<R> {
             names::syscall_name(d.nr),
             attributes,
             status,
+        );
+        (Built { resource, span }, served)
+    }
+
+    /// A slow call of a probed function: named after it (demangled), the child of the request
+    /// its thread was serving when it returned (the kernel says), else a root.
+    fn func(&mut self, h: &EventHeader, d: &SyscallData) -> (Built, bool) {
+        let resource = self.procs.get(h.pid, &h.comm);
+        let funcs = self.funcs.clone();
+        let f = funcs.get(d.nr as usize);
+        let mut attributes = Vec::with_capacity(4);
+        attributes.push(KeyValue::new("thread.id", i64::from(h.tid)));
+        let name: std::borrow::Cow<'static, str> = match f {
+            Some(f) => {
+                attributes.push(KeyValue::new("code.function.name", f.name.clone()));
+                attributes.push(KeyValue::new(attr::FUNC_FILE, f.path.display().to_string()));
+                f.name.clone().into()
+            }
+            None => format!("function #{}", d.nr).into(),
+        };
+        attributes.push(KeyValue::new(attr::CGROUP_ID, h.cgroup_id as i64));
+        let parent = served_by(&d.parent);
+        let served = parent.is_some();
+        let span = self.span(
+            h,
+            parent.as_ref(),
+            SpanKind::Internal,
+            name,
+            attributes,
+            Status::Unset,
         );
         (Built { resource, span }, served)
     }

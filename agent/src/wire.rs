@@ -6,12 +6,13 @@ use agent_common::EventKind;
 
 /// Name of an event kind as it appears in output and metrics.
 /// Every event kind the kernel sends, in the order of their counters.
-pub const EVENT_KINDS: [EventKind; 5] = [
+pub const EVENT_KINDS: [EventKind; 6] = [
     EventKind::Syscall,
     EventKind::TcpConnect,
     EventKind::TcpAccept,
     EventKind::TcpClose,
     EventKind::Exchange,
+    EventKind::Func,
 ];
 
 pub fn kind_name(kind: EventKind) -> &'static str {
@@ -21,6 +22,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::TcpAccept => "tcp_accept",
         EventKind::TcpClose => "tcp_close",
         EventKind::Exchange => "exchange",
+        EventKind::Func => "function",
     }
 }
 

@@ -10,9 +10,15 @@
 //! thread, and discarded and counted (`FuncUnfinished`), never timed against the wrong
 //! return. A thread that exits with calls open leaves them in the same counter
 //! (`sched_process_exit` runs for every thread).
-use agent_common::{log2_bucket, Counter, FUNC_NR_BASE, FUNC_STACK_DEPTH, HIST_BUCKETS, MAX_FUNCS};
+use agent_common::{
+    log2_bucket, Counter, EventHeader, EventKind, SyscallData, SyscallEvent, FUNC_NR_BASE,
+    FUNC_STACK_DEPTH, HIST_BUCKETS, MAX_FUNCS,
+};
 use aya_ebpf::{
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+    },
     macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
@@ -20,9 +26,18 @@ use aya_ebpf::{
 };
 
 use super::{
-    shared::{count, count_n, setting_u32, task_selected, FILTER_FLAGS},
-    syscall::{proc_hist_add, PROC_HIST},
+    exchange,
+    shared::{
+        comm, count, count_n, setting_u32, setting_u64, submit_flags, task_selected, EVENTS,
+        FILTER_FLAGS,
+    },
+    syscall::{proc_hist_add, MIN_DURATION_NS, PROC_HIST, RUNTIME},
 };
+
+/// 1: calls slower than the minimum duration go to the ring buffer (`kspan run --func`);
+/// 0: histograms only (`kspan hist --func`).
+#[unsafe(no_mangle)]
+static EMIT_FUNCS: u32 = 0;
 
 /// One thread's open calls, innermost last.
 #[repr(C)]
@@ -170,7 +185,44 @@ pub fn func_return(ctx: RetProbeContext) -> u32 {
             bucket,
         );
     }
+    if setting_u32(&EMIT_FUNCS) != 0 {
+        let governed = RUNTIME.get(0).copied().unwrap_or(0);
+        if duration >= setting_u64(&MIN_DURATION_NS).max(governed) {
+            emit(pid_tgid, id, s.ts[top], duration);
+        }
+    }
     0
+}
+
+/// The event of a slow call, with the request its thread serves as parent.
+#[inline(never)]
+fn emit(pid_tgid: u64, id: u32, start: u64, duration: u64) {
+    let tid = pid_tgid as u32;
+    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+        count(Counter::RingbufFull);
+        return;
+    };
+    entry.write(SyscallEvent {
+        header: EventHeader {
+            kind: EventKind::Func as u32,
+            flags: 0,
+            pid: (pid_tgid >> 32) as u32,
+            tid,
+            start_ns: start,
+            duration_ns: duration,
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+            comm: comm(),
+        },
+        data: SyscallData {
+            nr: id,
+            _pad: 0,
+            ret: 0,
+            arg0: 0,
+            parent: exchange::serving(tid),
+        },
+    });
+    entry.submit(submit_flags());
+    count(Counter::Submitted);
 }
 
 /// `sched:sched_process_exit`, for every exiting thread: its open calls will never return.

@@ -30,7 +30,7 @@ use super::{
 
 /// Syscalls shorter than this (ns) only count in histograms, unless they failed.
 #[unsafe(no_mangle)]
-static MIN_DURATION_NS: u64 = 0;
+pub(super) static MIN_DURATION_NS: u64 = 0;
 /// 1: syscall events go to the ring buffer; 0: histograms only.
 #[unsafe(no_mangle)]
 static EMIT_SYSCALLS: u32 = 1;
@@ -43,7 +43,7 @@ pub(super) static PROC_HIST: u32 = 0;
 /// Settings userspace changes while running (globals are frozen at load). Index 0: a minimum
 /// duration (ns) that overrides MIN_DURATION_NS when larger (the overhead governor).
 #[map]
-static RUNTIME: Array<u64> = Array::with_max_entries(1, 0);
+pub(super) static RUNTIME: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-syscall log2 histograms: index `nr * HIST_BUCKETS + bucket`.
 #[map]

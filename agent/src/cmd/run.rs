@@ -18,6 +18,11 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub capture: CaptureArgs,
+    /// Functions of programs to measure, FILE:SYMBOL as in `kspan hist --func` (comma-separated
+    /// or repeated): each call slower than --min-duration becomes a span named after the
+    /// function, the child of the request its thread serves [config: capture.functions].
+    #[arg(long, value_delimiter = ',')]
+    pub func: Vec<crate::uprobe::FuncSpec>,
     /// Where spans go [default: otlp when an endpoint is set, else stdout].
     #[arg(long, value_enum)]
     pub exporter: Option<ExporterKind>,
@@ -107,6 +112,7 @@ Configuration file (YAML; unknown keys are rejected; every key optional):
     syscalls: [read, write] min_duration: 1ms     failed_syscalls: true
     syscall_spans: true     tcp: true             ring_buffer_bytes: 4194304
     drain_interval: 10ms    expected_errors: {futex: [ETIMEDOUT, EAGAIN], ...}  ({} = all failures are errors)
+    functions: [libc.so.6:getaddrinfo]   # calls slower than min_duration become spans
   exporter:
     kind: otlp              # otlp | stdout | none
     endpoint: http://localhost:4317
@@ -166,6 +172,13 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
         None => Config::default(),
     };
     args.capture.apply(&mut c);
+    if !args.func.is_empty() {
+        c.capture.functions = args
+            .func
+            .iter()
+            .map(|f| format!("{}:{}", f.target, f.pattern))
+            .collect();
+    }
     let e = &mut c.exporter;
     if args.exporter.is_some() {
         e.kind = args.exporter;

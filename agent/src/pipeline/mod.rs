@@ -153,7 +153,8 @@ pub async fn run_with(
         resource.service_names.clone(),
     )
     .with_pods(pods);
-    let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default());
+    let mut builder = SpanBuilder::new(WallClock::new(), procs, ProcFdResolver::default())
+        .with_funcs(capture.config.funcs.clone());
     if let Some(opts) = l7 {
         builder = builder.with_l7(opts);
     }
