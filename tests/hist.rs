@@ -144,66 +144,90 @@ fn loopback_connect_and_accept_are_counted() {
     }
 }
 
+/// bpftrace running a script that fills `@h` with hist(), until stopped.
+struct BpftraceHist {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl BpftraceHist {
+    /// Starts bpftrace (JSON output) and waits until its probes are attached.
+    fn start(script: &str) -> BpftraceHist {
+        assert!(
+            have("bpftrace"),
+            "bpftrace missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
+        );
+        let mut child = Command::new("bpftrace")
+            .args(["-f", "json", "-e", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let t0 = Instant::now();
+        while !line.contains("attached_probes") {
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "bpftrace did not start"
+            );
+        }
+        BpftraceHist { child, out }
+    }
+
+    /// Stops it; `@h` as {bucket lower bound (ns): count} (bpftrace's buckets are
+    /// [min, max] inclusive powers of two).
+    fn stop(mut self) -> std::collections::BTreeMap<u64, u64> {
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        self.child.wait().unwrap();
+        let hist_line = rest
+            .lines()
+            .find(|l| l.contains("\"type\": \"hist\""))
+            .expect("bpftrace hist output");
+        let bth: Value = serde_json::from_str(hist_line).unwrap();
+        bth["data"]["@h"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| (b["min"].as_u64().unwrap_or(0), b["count"].as_u64().unwrap()))
+            .collect()
+    }
+}
+
+/// A JSON row's non-empty buckets as {lower bound (ns): count}.
+fn lower_buckets(r: &Value) -> std::collections::BTreeMap<u64, u64> {
+    r["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b[2].as_u64().unwrap() > 0)
+        .map(|b| (b[0].as_u64().unwrap(), b[2].as_u64().unwrap()))
+        .collect()
+}
+
 /// The same sleeps through bpftrace's hist(): the same total and the same buckets.
 #[test]
 fn bpftrace_hist_agrees() {
     require_root();
-    assert!(
-        have("bpftrace"),
-        "bpftrace missing: KSPAN_SETUP_TEST=1 scripts/setup installs it"
-    );
     // Sleeps of four lengths, each far from a bucket edge: the two tools take their own
     // timestamps, so a call lasting within a few microseconds of a power of two may land on
     // either side (dd's ~255 ns reads once put 5 % of calls across the 256 ns edge).
     let t = Trigger::spawn("sleep_mix", Some(10));
     let pid = t.pid().to_string();
-    let script = format!(
+    let bt = BpftraceHist::start(&format!(
         r#"tracepoint:raw_syscalls:sys_enter /pid == {pid} && args->id == 230/ {{ @s[tid] = nsecs; }}
 tracepoint:raw_syscalls:sys_exit /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}"#
-    );
-    let mut bt = Command::new("bpftrace")
-        .args(["-f", "json", "-e", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut bt_out = BufReader::new(bt.stdout.take().unwrap());
-    let mut line = String::new();
-    let t0 = Instant::now();
-    while !line.contains("attached_probes") {
-        line.clear();
-        bt_out.read_line(&mut line).unwrap();
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "bpftrace did not start"
-        );
-    }
+    ));
     let h = Hist::start(&["--pid", &pid, "--syscalls", "clock_nanosleep"]);
     assert_eq!(t.go()["n"], 40);
     let doc = h.stop();
-    // SAFETY: kill with a valid pid and signal.
-    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    bt_out.read_to_string(&mut rest).unwrap();
-    bt.wait().unwrap();
-    let hist_line = rest
-        .lines()
-        .find(|l| l.contains("\"type\": \"hist\""))
-        .expect("bpftrace hist output");
-    let bth: Value = serde_json::from_str(hist_line).unwrap();
-    // bpftrace buckets: {min, max, count} with [min, max] inclusive powers of two.
-    let mut theirs = std::collections::BTreeMap::new();
-    for b in bth["data"]["@h"].as_array().unwrap() {
-        let min = b["min"].as_u64().unwrap_or(0);
-        theirs.insert(min, b["count"].as_u64().unwrap());
-    }
-    let r = row(&doc, |r| r["syscall"] == "clock_nanosleep");
-    let mut ours = std::collections::BTreeMap::new();
-    for b in r["buckets"].as_array().unwrap() {
-        if b[2].as_u64().unwrap() > 0 {
-            ours.insert(b[0].as_u64().unwrap(), b[2].as_u64().unwrap());
-        }
-    }
+    let theirs = bt.stop();
+    let ours = lower_buckets(row(&doc, |r| r["syscall"] == "clock_nanosleep"));
     let total_ours: u64 = ours.values().sum();
     let total_theirs: u64 = theirs.values().sum();
     assert_eq!(
@@ -630,39 +654,17 @@ fn bit_buckets(r: &Value) -> std::collections::BTreeMap<String, u64> {
 fn functions_match_the_programs_own_timing_and_bpftrace() {
     require_root();
     let bin = funcs_program();
-    let script = format!(
+    let bt = BpftraceHist::start(&format!(
         "uprobe:{bin}:sleepy {{ @s[tid] = nsecs; }} \
          uretprobe:{bin}:sleepy /@s[tid]/ {{ @h = hist(nsecs - @s[tid]); delete(@s[tid]); }}"
-    );
-    let mut bt = Command::new("bpftrace")
-        .args(["-f", "json", "-e", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut bt_out = BufReader::new(bt.stdout.take().unwrap());
-    let mut line = String::new();
-    let t0 = Instant::now();
-    while !line.contains("attached_probes") {
-        line.clear();
-        bt_out.read_line(&mut line).unwrap();
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "bpftrace did not start"
-        );
-    }
+    ));
     let spec = format!("{bin}:sleepy,{bin}:recurse,{bin}:thrower");
     let h = Hist::start(&["--func", &spec]);
     let out = Command::new(&bin).arg("20").output().unwrap();
     assert!(out.status.success());
     let own: Value = serde_json::from_slice(&out.stdout).unwrap();
     let doc = h.stop();
-    // SAFETY: kill with a valid pid and signal.
-    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    bt_out.read_to_string(&mut rest).unwrap();
-    bt.wait().unwrap();
-
+    let theirs = bt.stop();
     assert_eq!(doc["view"], "function");
     let sleepy = row(&doc, |r| r["function"] == "sleepy");
     let recurse = row(&doc, |r| r["function"] == "recurse");
@@ -687,23 +689,7 @@ fn functions_match_the_programs_own_timing_and_bpftrace() {
     assert_eq!(doc["func_losses"]["unfinished"], 20, "{doc}");
     assert_eq!(doc["func_losses"]["too_deep"], 0);
 
-    let hist_line = rest
-        .lines()
-        .find(|l| l.contains("\"type\": \"hist\""))
-        .expect("bpftrace hist output");
-    let bth: Value = serde_json::from_str(hist_line).unwrap();
-    let mut theirs = std::collections::BTreeMap::new();
-    for b in bth["data"]["@h"].as_array().unwrap() {
-        let min = b["min"].as_u64().unwrap_or(0);
-        theirs.insert(min, b["count"].as_u64().unwrap());
-    }
-    let ours: std::collections::BTreeMap<u64, u64> = sleepy["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|b| b[2].as_u64().unwrap() > 0)
-        .map(|b| (b[0].as_u64().unwrap(), b[2].as_u64().unwrap()))
-        .collect();
+    let ours = lower_buckets(sleepy);
     assert_eq!(ours, theirs, "sleepy: ours vs bpftrace");
 }
 

@@ -444,6 +444,12 @@ fn a_reverse_proxy_under_concurrency_mixes_no_requests() {
 }
 
 /// Starts C, B (calls C twice) and A (calls B): three uninstrumented services.
+/// Three GETs of A's `/start`, one connection each, all answered 200.
+fn three_gets(port: u16) {
+    let measured = http_client(&["get", &format!("http://127.0.0.1:{port}/start"), "3"]);
+    assert_eq!(measured["status"], serde_json::json!([200, 200, 200]));
+}
+
 fn chain() -> (HttpService, HttpService, HttpService, u16) {
     let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let c = HttpService::start(pc, &[], 0);
@@ -471,12 +477,7 @@ fn a_chain_of_services_is_one_trace() {
     let endpoint = format!("http://127.0.0.1:{}", rx.http_port);
     let run = Run::start(&["--endpoint", &endpoint, "--comm", "python3"]);
     const N: usize = 3;
-    let measured = http_client(&[
-        "get",
-        &format!("http://127.0.0.1:{pa}/start"),
-        &N.to_string(),
-    ]);
-    assert_eq!(measured["status"], serde_json::json!([200, 200, 200]));
+    three_gets(pa);
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let out = Command::new("curl")
@@ -608,12 +609,7 @@ fn function_calls_are_children_of_the_request_their_thread_serves() {
         "--no-syscalls",
     ]);
     const N: usize = 3;
-    let measured = http_client(&[
-        "get",
-        &format!("http://127.0.0.1:{pa}/start"),
-        &N.to_string(),
-    ]);
-    assert_eq!(measured["status"], serde_json::json!([200, 200, 200]));
+    three_gets(pa);
     let spans = rx.wait_for("the lookups of three requests", |s| {
         s.iter().filter(|s| s["name"] == "getaddrinfo").count() >= 3 * N
             && requests(s, SERVER).len() >= 4 * N

@@ -963,12 +963,19 @@ where
     conv(map).map_err(|e| classify(format!("opening map {name}"), e))
 }
 
-fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<(), CaptureError> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(prog)
+/// Program `prog` of the object, as its type `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut P, CaptureError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(prog)
         .ok_or_else(|| CaptureError::Invalid(format!("no program {prog} (build mismatch)")))?
         .try_into()
-        .map_err(|e| classify(format!("program {prog}"), e))?;
+        .map_err(|e| classify(format!("program {prog}"), e))
+}
+
+fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<(), CaptureError> {
+    let p: &mut RawTracePoint = program(ebpf, prog)?;
     p.load()
         .map_err(|e| classify(format!("loading program {prog}"), e))?;
     p.attach(tp)
@@ -995,11 +1002,7 @@ pub struct FuncLosses {
 /// here (166 probes: 18.6 s, from one thread or from 32 at once). Hence `MAX_FUNCS`.
 fn attach_funcs(ebpf: &mut Ebpf, funcs: &[crate::uprobe::Func]) -> Result<(), CaptureError> {
     for prog in [programs::FUNC_ENTRY, programs::FUNC_RETURN] {
-        let p: &mut UProbe = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| CaptureError::Invalid(format!("no program {prog} (build mismatch)")))?
-            .try_into()
-            .map_err(|e| classify(format!("program {prog}"), e))?;
+        let p: &mut UProbe = program(ebpf, prog)?;
         p.load()
             .map_err(|e| classify(format!("loading program {prog}"), e))?;
         for f in funcs {
@@ -1025,11 +1028,7 @@ fn attach_funcs(ebpf: &mut Ebpf, funcs: &[crate::uprobe::Func]) -> Result<(), Ca
 }
 
 fn attach_tp(ebpf: &mut Ebpf, prog: &str, category: &str, name: &str) -> Result<(), CaptureError> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| CaptureError::Invalid(format!("no program {prog} (build mismatch)")))?
-        .try_into()
-        .map_err(|e| classify(format!("program {prog}"), e))?;
+    let p: &mut TracePoint = program(ebpf, prog)?;
     p.load()
         .map_err(|e| classify(format!("loading program {prog}"), e))?;
     p.attach(category, name).map_err(|e| {

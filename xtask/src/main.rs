@@ -2,6 +2,7 @@
 //! `cargo xtask bench-http`, `cargo xtask bench-analyze`, `cargo xtask soak`.
 mod analyze;
 mod export;
+mod funcs;
 mod http;
 // The tests' nginx launcher, so benchmarks and tests run the same server.
 #[path = "../../tests/common/nginx.rs"]
@@ -29,6 +30,9 @@ enum Cmd {
     /// nginx + wrk requests/s with and without kspan's HTTP request spans, or (--userspace)
     /// the userspace HTTP path's requests/s per core; prints a Markdown table.
     BenchHttp(http::Args),
+    /// Cost per probed function call (entry + return) of `kspan hist --func` and of
+    /// bpftrace's uprobe/uretprobe hist(); prints a Markdown table.
+    BenchFunc(funcs::Args),
     /// `kspan analyze` on a file of synthetic spans: time and peak memory.
     BenchAnalyze(analyze::Args),
     /// Default `kspan run` for minutes under a mixed workload: RSS, threads, fds, queue and
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::BenchExport(args) => export::run(args),
         Cmd::BenchHttp(args) => http::run(args),
         Cmd::BenchAnalyze(args) => analyze::run(args),
+        Cmd::BenchFunc(args) => funcs::run(args),
         Cmd::Soak(args) => soak::run(args),
         Cmd::Workload(args) => export::workload(args),
     }

@@ -120,9 +120,10 @@ fn under_kspan(config: &CaptureConfig, count: u64) -> anyhow::Result<(Duration, 
 const BPFTRACE_HIST: &str = "tracepoint:raw_syscalls:sys_enter { @s[tid] = nsecs; } \
 tracepoint:raw_syscalls:sys_exit /@s[tid]/ { @h[args->id] = hist(nsecs - @s[tid]); delete(@s[tid]); }";
 
-fn under_bpftrace(count: u64) -> anyhow::Result<Duration> {
+/// bpftrace running `script`, once its probes are attached; stop it with [`stop_bpftrace`].
+pub(crate) fn start_bpftrace(script: &str) -> anyhow::Result<Child> {
     let mut child: Child = Command::new("bpftrace")
-        .args(["-e", BPFTRACE_HIST])
+        .args(["-e", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -135,10 +136,19 @@ fn under_bpftrace(count: u64) -> anyhow::Result<Duration> {
         BufReader::new(out).read_line(&mut line)?;
     }
     thread::sleep(Duration::from_millis(200));
-    let wall = dd(count);
+    Ok(child)
+}
+
+pub(crate) fn stop_bpftrace(mut child: Child) {
     // SAFETY: valid pid and signal.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let _ = child.wait();
+}
+
+fn under_bpftrace(count: u64) -> anyhow::Result<Duration> {
+    let child = start_bpftrace(BPFTRACE_HIST)?;
+    let wall = dd(count);
+    stop_bpftrace(child);
     wall
 }
 
