@@ -4,8 +4,10 @@
  * power of two, so both clocks put a call in the same bucket.
  *
  *   funcs N   ->  N x sleepy(3 ms), N x recurse(3) (4 nested calls: ~1.5, 3, 4.6, 6.1 ms),
- *                 N x thrower() (leaves through longjmp: its return never happens)
+ *                 N x thrower() (leaves through longjmp: its return never happens), and one
+ *                 thread that ends inside exiter() (pthread_exit: no return either)
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +45,14 @@ __attribute__((noinline)) void thrower(void) {
   longjmp(env, 1);
 }
 
+__attribute__((noinline)) void exiter(void) { pthread_exit(0); }
+
+static void *exiting_thread(void *arg) {
+  (void)arg;
+  exiter();
+  return 0;
+}
+
 static void print_hist(const char *name, unsigned long *h, int last) {
   printf("\"%s\": {", name);
   int first = 1;
@@ -63,6 +73,9 @@ int main(int argc, char **argv) {
     recurse(3);
     if (setjmp(env) == 0) thrower();
   }
+  pthread_t t;
+  pthread_create(&t, 0, exiting_thread, 0);
+  pthread_join(t, 0);
   printf("{");
   print_hist("sleepy", hist_sleepy, 0);
   print_hist("recurse", hist_recurse, 1);
