@@ -406,6 +406,135 @@ fn collector_outage() {
     assert!(max_rss_kib < 64 * 1024, "RSS {max_rss_kib} KiB");
 }
 
+/// RSS of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("kspan still running");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// A value of the Prometheus text `metrics` (the line that starts with `series `).
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+}
+
+/// The collector stalls for 60 s in the middle of a run: it accepts export requests and holds
+/// them unanswered, then answers them all. Every export call is cancelled at its limit
+/// (`--export-timeout` 2 s + 1 s), none lasts longer; kspan stays up with its queue in bound
+/// and bounded memory; what it drops is counted (exported + dropped == built); every span it
+/// counts as exported arrived (held calls it gave up on may arrive too, once: at least once);
+/// spans made after the recovery arrive.
+#[test]
+fn a_stalled_collector_is_timed_out_counted_and_caught_up() {
+    require_root();
+    let dir = common::tempdir("stall");
+    let stall = dir.join("stall");
+    let rx = Receiver::start_with(0, 0, &["--stall-file", stall.to_str().unwrap()]);
+    let trigger = Trigger::spawn("ticker", Some(70));
+    let pid = trigger.pid().to_string();
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let run = run_to_grpc(
+        &pid,
+        rx.grpc_port,
+        &[
+            "--export-timeout",
+            "2s",
+            "--batch-size",
+            "100",
+            "--batch-timeout",
+            "100ms",
+            "--queue-spans",
+            "1000",
+            "--retry-max-elapsed",
+            "10s",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    let kspan_pid = run.pid();
+    let ticker = std::thread::spawn(move || trigger.go());
+    std::thread::sleep(Duration::from_secs(3));
+    let before = rx.spans().len();
+    assert!(before > 300, "{before} spans before the stall");
+    std::fs::write(&stall, b"").unwrap();
+    let mut max_rss_kib = 0u64;
+    let stall_end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < stall_end {
+        max_rss_kib = max_rss_kib.max(rss_kib(kspan_pid));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (code, metrics) = http_get(metrics_port, "/metrics");
+    assert_eq!(code, 200);
+    let queued = metric(&metrics, "kspan_queue_spans");
+    assert!(
+        (0.0..=1000.0).contains(&queued),
+        "queue {queued} beyond its bound"
+    );
+    let calls = metric(&metrics, "kspan_export_duration_seconds_count");
+    let within = metric(&metrics, "kspan_export_duration_seconds_bucket{le=\"5.0\"}");
+    assert_eq!(
+        calls, within,
+        "an export call outlived its 3 s limit: {metrics}"
+    );
+    let failed_calls = metric(&metrics, "kspan_export_requests_total{result=\"error\"}");
+    assert!(
+        failed_calls >= 10.0,
+        "{failed_calls} calls timed out in 60 s"
+    );
+    let (code, ready) = http_get(metrics_port, "/readyz");
+    assert_eq!(code, 200, "{ready}");
+    assert!(ready.contains("retrying"), "{ready}");
+
+    std::fs::remove_file(&stall).unwrap();
+    let recovered = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    rx.wait_for("spans made after the recovery", |s| {
+        s.iter()
+            .any(|v| v["start"].as_u64().unwrap() > recovered + 1_000_000_000)
+    });
+    let ticks = ticker.join().unwrap()["n"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let (summary, _) = run.stop();
+    let received: HashSet<String> = rx
+        .spans()
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    let built = summary["spans_built"].as_u64().unwrap();
+    let exported = summary["spans_exported"].as_u64().unwrap();
+    let queue_full = summary["dropped"]["queue_full"].as_u64().unwrap();
+    let export_failed = summary["dropped"]["export_failed"].as_u64().unwrap();
+    eprintln!(
+        "stall: ticks {ticks} built {built} exported {exported} queue_full {queue_full} \
+         export_failed {export_failed} received {} max RSS {max_rss_kib} KiB",
+        received.len()
+    );
+    assert!(built >= ticks, "every tick is a span");
+    assert_eq!(exported + queue_full + export_failed, built, "{summary}");
+    assert!(
+        queue_full + export_failed > 0,
+        "a 60 s stall at 200 spans/s must overflow a 1000-span queue"
+    );
+    assert!(
+        received.len() as u64 >= exported,
+        "every exported span arrived"
+    );
+    assert!(received.len() as u64 <= built);
+    assert_eq!(summary["kernel"]["ringbuf_full"], 0);
+    assert!(max_rss_kib < 64 * 1024, "RSS {max_rss_kib} KiB");
+}
+
 /// The collector away for 8 s while ~1,600 spans are made, a few per chunk: fewer than the
 /// default queue (16,384 spans), so nothing is dropped and everything arrives once it is
 /// back. (The queue used to be bounded in chunks: 32 chunks of a few spans each filled it and

@@ -8,9 +8,11 @@ in hex and attribute values with their protobuf types kept (int stays int, strin
 A line {"ready": true, "grpc_port": N, "http_port": M} comes first.
 
 usage: otlp_receiver.py [--grpc-port N] [--http-port M] [--count-only]   (0 = any free port)
-                        [--tls-cert F --tls-key F [--tls-client-ca F]]
+                        [--tls-cert F --tls-key F [--tls-client-ca F]] [--stall-file F]
 With --tls-cert/--tls-key both servers speak TLS only (gRPC with grpcio's TLS, HTTP with
 Python's ssl); with --tls-client-ca they also require a client certificate signed by it.
+With --stall-file, while file F exists every export request is accepted and held unanswered
+(a collector that stalls); once F is gone the held requests are processed and answered.
 With --count-only spans are only counted (for benchmarks); the total is printed as
 {"spans": N, "requests": R} on SIGTERM.
 """
@@ -22,6 +24,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +33,12 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 LOCK = threading.Lock()
 COUNT_ONLY = False
+STALL_FILE = None
+
+
+def stall():
+    while STALL_FILE and os.path.exists(STALL_FILE):
+        time.sleep(0.05)
 TOTALS = {"spans": 0, "requests": 0}
 
 
@@ -90,6 +99,7 @@ class Traces(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(self, request, context):
         meta = {k: v for k, v in context.invocation_metadata() if k.startswith("x-")}
         enc = dict(context.invocation_metadata()).get("grpc-encoding", "identity")
+        stall()
         emit(request, "grpc", enc, meta)
         return trace_service_pb2.ExportTraceServiceResponse()
 
@@ -106,6 +116,7 @@ class Http(BaseHTTPRequestHandler):
             body = gzip.decompress(body)
         req = trace_service_pb2.ExportTraceServiceRequest()
         req.ParseFromString(body)
+        stall()
         meta = {k.lower(): v for k, v in self.headers.items() if k.lower().startswith("x-")}
         emit(req, "http", enc, meta)
         out = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
@@ -127,9 +138,11 @@ def main():
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--tls-client-ca")
+    ap.add_argument("--stall-file")
     a = ap.parse_args()
-    global COUNT_ONLY
+    global COUNT_ONLY, STALL_FILE
     COUNT_ONLY = a.count_only
+    STALL_FILE = a.stall_file
 
     def on_term(*_):
         with LOCK:

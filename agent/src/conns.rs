@@ -211,6 +211,9 @@ pub struct Conns<R: FdResolver> {
     open_per_pid: HashMap<u32, u32>,
     /// Connections not followed because the table was full.
     pub table_full: u64,
+    /// fd -> connection facts forgotten because their table was full (looked up again
+    /// through /proc when needed).
+    pub fds_evicted: u64,
     /// fd lookups through the resolver.
     pub lookups: u64,
 }
@@ -224,6 +227,7 @@ impl<R: FdResolver> Conns<R> {
             fds: HashMap::new(),
             open_per_pid: HashMap::new(),
             table_full: 0,
+            fds_evicted: 0,
             lookups: 0,
         }
     }
@@ -290,7 +294,9 @@ impl<R: FdResolver> Conns<R> {
             .resolve(pid, fd)
             .and_then(|t| self.by_tuple.get(&t).copied());
         if self.fds.len() >= MAX_FDS {
+            let before = self.fds.len();
             self.fds.retain(|_, s| matches!(s, FdState::Conn(_)));
+            self.fds_evicted += (before - self.fds.len()) as u64;
         }
         match sk.and_then(|sk| self.by_sk.get_mut(&sk).map(|o| (sk, o))) {
             Some((sk, open)) => {

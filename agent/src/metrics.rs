@@ -107,6 +107,22 @@ pub struct RequestTotals {
     pub held_spans: usize,
 }
 
+/// What the bounded userspace tables could not keep, since start (`kspan_table_evictions_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TableLosses {
+    /// Connections not followed: the connection table (65,536) was full.
+    pub connections_not_followed: u64,
+    /// fd -> connection facts forgotten (131,072 at most; looked up again when needed).
+    pub fds_evicted: u64,
+    /// Processes forgotten by the process cache (8,192 at most; re-read when seen again).
+    pub processes_evicted: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -125,6 +141,9 @@ pub struct Stats {
     ring_fill_bytes: Gauge,
     ring_read_bytes: Counter,
     open_connections: Gauge,
+    table_evictions: Family<TableLabel, Counter>,
+    /// The losses last reported, to turn totals into increments.
+    table_seen: std::sync::Mutex<TableLosses>,
     budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     cpu_percent: Gauge<f64, std::sync::atomic::AtomicU64>,
     governed_min: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -182,6 +201,10 @@ impl Stats {
         let ring_fill_bytes = Gauge::default();
         let ring_read_bytes = Counter::default();
         let open_connections = Gauge::default();
+        let table_evictions = Family::<TableLabel, Counter>::default();
+        for table in ["connections", "fds", "processes"] {
+            let _ = table_evictions.get_or_create(&TableLabel { table });
+        }
         let budget = Family::<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let cpu_percent = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let governed_min = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
@@ -242,6 +265,11 @@ impl Stats {
             open_connections.clone(),
         );
         registry.register(
+            "table_evictions",
+            "Entries the bounded userspace tables could not keep: connections not followed (table full), fds and processes forgotten (looked up again when seen)",
+            table_evictions.clone(),
+        );
+        registry.register(
             "sampling_budget",
             "Cost-aware sampler: budget, used, remaining, used_percent, projected (end of period), factor",
             budget.clone(),
@@ -274,6 +302,8 @@ impl Stats {
             ring_fill_bytes,
             ring_read_bytes,
             open_connections,
+            table_evictions,
+            table_seen: std::sync::Mutex::new(TableLosses::default()),
             budget,
             cpu_percent,
             governed_min,
@@ -379,6 +409,27 @@ impl Stats {
 
     pub fn set_open_connections(&self, n: usize) {
         self.open_connections.set(n as i64);
+    }
+
+    /// The tables' losses since start (totals; the counters get the increments).
+    pub fn set_table_losses(&self, now: TableLosses) {
+        let mut seen = self.table_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (table, cur, old) in [
+            (
+                "connections",
+                now.connections_not_followed,
+                seen.connections_not_followed,
+            ),
+            ("fds", now.fds_evicted, seen.fds_evicted),
+            ("processes", now.processes_evicted, seen.processes_evicted),
+        ] {
+            if cur > old {
+                self.table_evictions
+                    .get_or_create(&TableLabel { table })
+                    .inc_by(cur - old);
+            }
+        }
+        *seen = now;
     }
 
     pub fn set_cpu(&self, percent: f64, governed_min: std::time::Duration) {
@@ -565,5 +616,30 @@ mod tests {
             text.contains("kspan_dropped_total{reason=\"queue_full\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn table_losses_are_counted_once() {
+        let s = Stats::new();
+        assert!(s
+            .encode()
+            .contains("kspan_table_evictions_total{table=\"processes\"} 0"));
+        s.set_table_losses(TableLosses {
+            processes_evicted: 8192,
+            ..Default::default()
+        });
+        s.set_table_losses(TableLosses {
+            processes_evicted: 16384,
+            connections_not_followed: 3,
+            fds_evicted: 0,
+        });
+        let text = s.encode();
+        for line in [
+            "kspan_table_evictions_total{table=\"processes\"} 16384",
+            "kspan_table_evictions_total{table=\"connections\"} 3",
+            "kspan_table_evictions_total{table=\"fds\"} 0",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }

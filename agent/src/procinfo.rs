@@ -163,6 +163,9 @@ pub struct ProcessCache {
     next_id: u64,
     /// Times /proc was read (for tests and metrics).
     pub reads: u64,
+    /// Processes forgotten because the cache was full (re-read from /proc when seen again;
+    /// a process that exited meanwhile keeps only its pid and comm).
+    pub evicted: u64,
 }
 
 impl ProcessCache {
@@ -183,6 +186,7 @@ impl ProcessCache {
             pods: None,
             next_id: 1,
             reads: 0,
+            evicted: 0,
         }
     }
 
@@ -213,6 +217,7 @@ impl ProcessCache {
             }
         }
         if self.entries.len() >= MAX_PROCESSES {
+            self.evicted += self.entries.len() as u64;
             self.entries.clear();
         }
         let facts = if pid == 0 {

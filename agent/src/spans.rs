@@ -101,6 +101,15 @@ impl<R: FdResolver> SpanBuilder<R> {
         self.conns.open_count()
     }
 
+    /// What the bounded userspace tables could not keep, since start.
+    pub fn table_losses(&self) -> crate::metrics::TableLosses {
+        crate::metrics::TableLosses {
+            connections_not_followed: self.conns.table_full,
+            fds_evicted: self.conns.fds_evicted,
+            processes_evicted: self.procs.evicted,
+        }
+    }
+
     pub fn request_counts(&self) -> Option<RequestCounts> {
         self.tracker.as_ref().map(|r| r.counts)
     }

@@ -68,6 +68,7 @@ pub async fn run(
             stats.add_events(kind_name(*k), n);
         }
         stats.set_open_connections(builder.open_connections());
+        stats.set_table_losses(builder.table_losses());
         report_requests(&builder, &stats);
         if let Some(b) = sampler
             .as_ref()
@@ -82,6 +83,7 @@ pub async fn run(
     }
     builder.drain(&mut groups);
     send(&mut groups, &mut sampler, &mut builder, &tx, &stats);
+    stats.set_table_losses(builder.table_losses());
     report_requests(&builder, &stats);
     save(&sampler);
 }
