@@ -328,6 +328,15 @@ impl<R: FdResolver> Conns<R> {
     pub fn open_count(&self) -> usize {
         self.by_sk.len()
     }
+
+    /// Entries in each table (for `kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        [
+            ("connections", self.by_sk.len()),
+            ("fds", self.fds.len()),
+            ("pids_with_connections", self.open_per_pid.len()),
+        ]
+    }
 }
 
 #[cfg(test)]

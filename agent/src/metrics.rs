@@ -142,6 +142,7 @@ pub struct Stats {
     ring_read_bytes: Counter,
     open_connections: Gauge,
     table_evictions: Family<TableLabel, Counter>,
+    table_entries: Family<TableLabel, Gauge>,
     /// The losses last reported, to turn totals into increments.
     table_seen: std::sync::Mutex<TableLosses>,
     budget: Family<BudgetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -202,6 +203,7 @@ impl Stats {
         let ring_read_bytes = Counter::default();
         let open_connections = Gauge::default();
         let table_evictions = Family::<TableLabel, Counter>::default();
+        let table_entries = Family::<TableLabel, Gauge>::default();
         for table in ["connections", "fds", "processes"] {
             let _ = table_evictions.get_or_create(&TableLabel { table });
         }
@@ -270,6 +272,11 @@ impl Stats {
             table_evictions.clone(),
         );
         registry.register(
+            "table_entries",
+            "Entries in each bounded userspace table now (README names each bound)",
+            table_entries.clone(),
+        );
+        registry.register(
             "sampling_budget",
             "Cost-aware sampler: budget, used, remaining, used_percent, projected (end of period), factor",
             budget.clone(),
@@ -303,6 +310,7 @@ impl Stats {
             ring_read_bytes,
             open_connections,
             table_evictions,
+            table_entries,
             table_seen: std::sync::Mutex::new(TableLosses::default()),
             budget,
             cpu_percent,
@@ -409,6 +417,15 @@ impl Stats {
 
     pub fn set_open_connections(&self, n: usize) {
         self.open_connections.set(n as i64);
+    }
+
+    /// Entries in each table now.
+    pub fn set_table_sizes(&self, sizes: &[(&'static str, usize)]) {
+        for (table, n) in sizes {
+            self.table_entries
+                .get_or_create(&TableLabel { table })
+                .set(*n as i64);
+        }
     }
 
     /// The tables' losses since start (totals; the counters get the increments).

@@ -190,6 +190,15 @@ impl ProcessCache {
         }
     }
 
+    /// Processes cached now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Adds Kubernetes pod metadata to processes in containers of known pods.
     pub fn with_pods(mut self, pods: Option<Arc<crate::k8s::PodCache>>) -> ProcessCache {
         self.pods = pods;

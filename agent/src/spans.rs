@@ -101,6 +101,17 @@ impl<R: FdResolver> SpanBuilder<R> {
         self.conns.open_count()
     }
 
+    /// Entries in each bounded userspace table now.
+    pub fn table_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v: Vec<(&'static str, usize)> = self.conns.table_sizes().to_vec();
+        v.push(("processes", self.procs.len()));
+        v.push(("held_traces", self.holder.held_traces()));
+        if let Some(t) = &self.tracker {
+            v.extend(t.table_sizes());
+        }
+        v
+    }
+
     /// What the bounded userspace tables could not keep, since start.
     pub fn table_losses(&self) -> crate::metrics::TableLosses {
         crate::metrics::TableLosses {

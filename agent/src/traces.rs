@@ -134,6 +134,11 @@ pub struct Holder<D: Copy> {
 }
 
 impl<D: Copy> Holder<D> {
+    /// Traces held now (for `kspan_table_entries`).
+    pub fn held_traces(&self) -> usize {
+        self.order.len()
+    }
+
     pub fn new(max_spans: usize, max_age: std::time::Duration) -> Holder<D> {
         Holder {
             held: HashMap::new(),

@@ -211,6 +211,15 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// Entries in each of the tracker's bounded tables (for `kspan_table_entries`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 3] {
+        [
+            ("waiting_servers", self.waiting_order.len()),
+            ("sent_requests", self.sent_order.len()),
+            ("pipelined_sockets", self.pipelined_order.len()),
+        ]
+    }
+
     pub fn new(opts: L7Options) -> Tracker {
         Tracker {
             redactor: Box::leak(Box::new(Redactor::clone(&opts.redactor))),

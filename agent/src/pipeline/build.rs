@@ -69,6 +69,7 @@ pub async fn run(
         }
         stats.set_open_connections(builder.open_connections());
         stats.set_table_losses(builder.table_losses());
+        stats.set_table_sizes(&builder.table_sizes());
         report_requests(&builder, &stats);
         if let Some(b) = sampler
             .as_ref()

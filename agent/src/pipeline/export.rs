@@ -110,6 +110,16 @@ impl ExportStage {
         self.rx.release(n);
     }
 
+    /// Gives back the room a burst made the batch queue take (a span is ~0.5 KiB: a queue
+    /// that once held 4,096 spans kept 2 MiB for the rest of the run), keeping room for two
+    /// batches.
+    fn shrink_after_burst(&mut self) {
+        let keep = self.queue.len().max(2 * self.cfg.batch_size);
+        if self.queue.capacity() > 2 * keep {
+            self.queue.shrink_to(keep);
+        }
+    }
+
     /// Spans in this stage (batch queue and retry batch), not counting the channel.
     fn held(&self) -> usize {
         self.queue.len() + self.retry.as_ref().map_or(0, |r| r.spans.len())
@@ -148,6 +158,7 @@ impl ExportStage {
             {
                 let n = self.queue.len().min(self.cfg.batch_size);
                 let batch: Vec<Built> = self.queue.drain(..n).collect();
+                self.shrink_after_burst();
                 self.attempt(batch, None, None).await;
             }
             if now >= next_flush {
@@ -487,6 +498,38 @@ mod tests {
         }
 
         fn shutdown(&mut self) {}
+    }
+
+    #[test]
+    fn the_batch_queue_gives_back_what_a_burst_took() {
+        let (_tx, rx) = queue::bounded(16_384);
+        let sink = MemSink {
+            seen: Default::default(),
+            failing: Default::default(),
+        };
+        let mut stage = ExportStage::new(
+            Box::new(sink),
+            rx,
+            cfg(),
+            Arc::new(Stats::new()),
+            Default::default(),
+        );
+        stage.queue.extend((0..5000).map(span));
+        let burst = stage.queue.capacity();
+        assert!(burst >= 5000);
+        stage.queue.drain(..4990);
+        stage.shrink_after_burst();
+        // Room for two batches of 4 (or what is queued) is kept; the rest given back.
+        assert!(
+            stage.queue.capacity() < burst / 100,
+            "{}",
+            stage.queue.capacity()
+        );
+        assert_eq!(stage.queue.len(), 10);
+        // A queue in steady use is not touched.
+        let steady = stage.queue.capacity();
+        stage.shrink_after_burst();
+        assert_eq!(stage.queue.capacity(), steady);
     }
 
     #[tokio::test(start_paused = true)]
