@@ -858,19 +858,10 @@ impl Capture {
 
     /// TCP connect (index 0) and accept (index 1) latency histograms.
     pub fn tcp_histograms(&self) -> Result<[[u64; HIST_BUCKETS]; 2], CaptureError> {
-        let hist = &self.tcp_hist;
-        let mut out = [[0u64; HIST_BUCKETS]; 2];
-        for (which, buckets) in out.iter_mut().enumerate() {
-            for (b, slot) in buckets.iter_mut().enumerate() {
-                let idx = (which * HIST_BUCKETS + b) as u32;
-                *slot = hist
-                    .get(&idx, 0)
-                    .map_err(|e| classify("reading TCP_HIST", e))?
-                    .iter()
-                    .sum();
-            }
-        }
-        Ok(out)
+        Ok([
+            histogram(&self.tcp_hist, 0, "TCP_HIST")?,
+            histogram(&self.tcp_hist, 1, "TCP_HIST")?,
+        ])
     }
 
     /// Latency histograms of the probed functions, by id (`config.funcs` order).
@@ -881,17 +872,8 @@ impl Capture {
                 .func_seen
                 .get(&(id as u32), 0)
                 .map_err(|e| classify("reading FUNC_SEEN", e))?;
-            if seen == 0 {
-                continue;
-            }
-            for (b, slot) in buckets.iter_mut().enumerate() {
-                let idx = (id * HIST_BUCKETS + b) as u32;
-                *slot = self
-                    .func_hist
-                    .get(&idx, 0)
-                    .map_err(|e| classify("reading FUNC_HIST", e))?
-                    .iter()
-                    .sum();
+            if seen != 0 {
+                *buckets = histogram(&self.func_hist, id, "FUNC_HIST")?;
             }
         }
         Ok(out)
@@ -930,6 +912,25 @@ impl Capture {
         }
         Ok(out)
     }
+}
+
+/// Histogram `n` of a per-CPU array of histograms (`HIST_BUCKETS` slots each), summed over
+/// CPUs.
+fn histogram(
+    map: &PerCpuArray<MapData, u64>,
+    n: usize,
+    name: &str,
+) -> Result<[u64; HIST_BUCKETS], CaptureError> {
+    let mut out = [0u64; HIST_BUCKETS];
+    for (b, slot) in out.iter_mut().enumerate() {
+        let idx = (n * HIST_BUCKETS + b) as u32;
+        *slot = map
+            .get(&idx, 0)
+            .map_err(|e| classify(format!("reading {name}"), e))?
+            .iter()
+            .sum();
+    }
+    Ok(out)
 }
 
 fn missing(name: &str) -> CaptureError {

@@ -410,11 +410,9 @@ impl<R: FdResolver> SpanBuilder<R> {
     /// its thread was serving when it returned (the kernel says), else a root.
     fn func(&mut self, h: &EventHeader, d: &SyscallData) -> (Built, bool) {
         let resource = self.procs.get(h.pid, &h.comm);
-        let funcs = self.funcs.clone();
-        let f = funcs.get(d.nr as usize);
         let mut attributes = Vec::with_capacity(4);
         attributes.push(KeyValue::new("thread.id", i64::from(h.tid)));
-        let name: std::borrow::Cow<'static, str> = match f {
+        let name: std::borrow::Cow<'static, str> = match self.funcs.get(d.nr as usize) {
             Some(f) => {
                 attributes.push(KeyValue::new("code.function.name", f.name.clone()));
                 attributes.push(KeyValue::new(attr::FUNC_FILE, f.path.display().to_string()));

@@ -206,7 +206,6 @@ fn read_symbols(path: &Path) -> Result<Symbols, UprobeError> {
         return Err(UprobeError::Go { path: path.into() });
     }
     let mut funcs = Vec::new();
-    let mut stripped = true;
     for sym in file.symbols().chain(file.dynamic_symbols()) {
         if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
             continue;
@@ -235,10 +234,10 @@ fn read_symbols(path: &Path) -> Result<Symbols, UprobeError> {
             offset,
         });
     }
-    if file.symbols().next().is_some() {
-        stripped = false;
-    }
-    Ok(Symbols { funcs, stripped })
+    Ok(Symbols {
+        funcs,
+        stripped: file.symbols().next().is_none(),
+    })
 }
 
 /// Names close to `pattern` (for "did you mean"), at most three.

@@ -139,15 +139,21 @@ fn start(filter: &FilterArgs, o: &Opts) -> Result<Capture, HistError> {
         return Err(HistError::Interval);
     }
     let mut cc = filter.capture_config()?;
-    if !o.funcs.is_empty() {
+    // Histograms only: nothing goes through the ring buffer.
+    cc.emit_syscalls = false;
+    cc.emit_failed = false;
+    cc.emit_tcp = false;
+    cc.ring_buffer_bytes = 4096;
+    // Per-process histograms cost a hash update per call: only when they can be shown.
+    cc.proc_hist = o.view == View::Process || o.mode == Mode::Interactive;
+    if o.funcs.is_empty() {
+        cc.syscall_hook = SyscallHook::RawTracepoint;
+        cc.tcp = true;
+    } else {
+        // Functions alone: no syscall or TCP programs.
         cc.funcs = crate::uprobe::find(&o.funcs)?;
         cc.syscall_hook = SyscallHook::Off;
         cc.tcp = false;
-        cc.proc_hist = o.view == View::Process || o.mode == Mode::Interactive;
-        cc.ring_buffer_bytes = 4096;
-        cc.emit_syscalls = false;
-        cc.emit_failed = false;
-        cc.emit_tcp = false;
         for f in &cc.funcs {
             let aliases = if f.aliases.is_empty() {
                 String::new()
@@ -156,16 +162,7 @@ fn start(filter: &FilterArgs, o: &Opts) -> Result<Capture, HistError> {
             };
             eprintln!("kspan: probing {} in {}{aliases}", f.name, f.path.display());
         }
-        return Ok(Capture::start(cc)?);
     }
-    cc.syscall_hook = SyscallHook::RawTracepoint;
-    cc.emit_syscalls = false;
-    cc.emit_failed = false;
-    cc.emit_tcp = false;
-    cc.tcp = true;
-    // Per-process histograms cost a hash update per syscall: only when they can be shown.
-    cc.proc_hist = o.view == View::Process || o.mode == Mode::Interactive;
-    cc.ring_buffer_bytes = 4096;
     Ok(Capture::start(cc)?)
 }
 
